@@ -1,0 +1,210 @@
+//! One audit record per request (SPEC §5.9), emitted when the response body
+//! is finished or abandoned, so the byte counts and duration are final.
+//!
+//! Owns: the record's fields and the body wrappers that count bytes each
+//! way. Records go through `tracing` with target `audit` (one JSON line per
+//! record in JSON mode). They carry credential *names* only; no field can
+//! hold a header value, a query string or a body.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::error::{BoxError, ErrorKind};
+
+/// Tracks requests whose response is still being delivered on a downstream
+/// connection; the idle timer only runs while this is zero.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    started: AtomicU64,
+}
+
+impl InFlight {
+    pub fn get(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// Requests ever started here: tells the idle timer a request came and
+    /// went between two of its ticks.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+}
+
+/// The record being filled in while a request travels.
+#[derive(Debug)]
+pub struct Audit {
+    started: Instant,
+    client: SocketAddr,
+    method: Method,
+    host: String,
+    port: u16,
+    path: String,
+    pub status: StatusCode,
+    pub error: Option<ErrorKind>,
+    pub credentials: Vec<Arc<str>>,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    in_flight: Arc<InFlight>,
+}
+
+impl Audit {
+    pub fn start(client: SocketAddr, method: &Method, path: &str, in_flight: Arc<InFlight>) -> Audit {
+        in_flight.now.fetch_add(1, Ordering::Relaxed);
+        in_flight.started.fetch_add(1, Ordering::Relaxed);
+        Audit {
+            started: Instant::now(),
+            client,
+            method: method.clone(),
+            host: String::new(),
+            port: 0,
+            path: path.to_owned(),
+            status: StatusCode::OK,
+            error: None,
+            credentials: Vec::new(),
+            bytes_in: Arc::default(),
+            bytes_out: 0,
+            in_flight,
+        }
+    }
+
+    pub fn set_destination(&mut self, host: &impl std::fmt::Display, port: u16) {
+        self.host = host.to_string();
+        self.port = port;
+    }
+
+    pub fn bytes_in(&self) -> Arc<AtomicU64> {
+        self.bytes_in.clone()
+    }
+
+    fn decision(&self) -> &'static str {
+        match self.error {
+            None => "allow",
+            Some(ErrorKind::Policy | ErrorKind::HostMismatch | ErrorKind::Malformed) => "deny",
+            Some(_) => "error",
+        }
+    }
+
+    fn emit(&self) {
+        let credentials = self.credentials.join(",");
+        tracing::info!(
+            target: "audit",
+            client = %self.client,
+            method = %self.method,
+            host = %self.host,
+            port = self.port,
+            path = %self.path,
+            status = self.status.as_u16(),
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            decision = self.decision(),
+            error = self.error.map(ErrorKind::as_str).unwrap_or(""),
+            credentials = %credentials,
+            "request"
+        );
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.emit();
+        self.in_flight.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// Counts request body bytes toward the audit record.
+    pub struct CountIn<B> {
+        #[pin]
+        inner: B,
+        count: Arc<AtomicU64>,
+    }
+}
+
+impl<B> CountIn<B> {
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        CountIn { inner, count }
+    }
+}
+
+impl<B> HttpBody for CountIn<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// Carries the audit record along with the response body; the record is
+    /// emitted when this is dropped (delivered or abandoned).
+    pub struct Audited<B> {
+        #[pin]
+        inner: B,
+        audit: Audit,
+    }
+}
+
+impl<B> Audited<B> {
+    pub fn new(inner: B, audit: Audit) -> Self {
+        Audited { inner, audit }
+    }
+}
+
+impl<B> HttpBody for Audited<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.audit.bytes_out += d.len() as u64;
+            }
+        }
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

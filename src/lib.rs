@@ -1,0 +1,41 @@
+//! iron-proxy: egress proxy for AI agent pods.
+//!
+//! The request's path through the modules, top to bottom:
+//!
+//! ```text
+//! listener ─accept─▶ connect ──CONNECT host:port──▶ policy::decide ──deny──▶ 403 (no TLS, no upstream)
+//!                      │ absolute-form http://               │allow
+//!                      │                                     ▼
+//!                      │                  200 → upgrade → ClientHello(SNI) → mint (store.ca) → TLS
+//!                      ▼                                     ▼
+//!                   pipeline ◀──────────── serve (hyper: h1 | h2 by ALPN)
+//!                      │ host==CONNECT host? (421) → framing (400) → policy (403) → swap
+//!                      ▼
+//!                   upstream (resolve → private guard → verified rustls, pooled h1/h2) ──▶ origin
+//!                      │ response stream → strip hop-by-hop → scrub echoes → audit → downstream
+//! store (ArcSwap<Snapshot>) ◀── app::reload (SIGHUP)      admin ── reads store
+//! ```
+//!
+//! Live state is one immutable [`store::Snapshot`] swapped whole; real
+//! credential values are [`secret::Secret`]s that never print.
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod framing;
+pub mod listener;
+pub mod mint;
+pub mod pipeline;
+pub mod policy;
+pub mod secret;
+pub mod serve;
+pub mod shutdown;
+pub mod store;
+pub mod swap;
+pub mod telemetry;
+pub mod upstream;

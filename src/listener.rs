@@ -1,0 +1,89 @@
+//! The proxy port's accept loop.
+//!
+//! Owns: accepting TCP connections, the `max_connections` cap (a connection
+//! over the cap gets one `503` line and is closed, rather than waiting
+//! unanswered in the backlog), backing off when accept itself fails (file
+//! descriptors exhausted), and one task per connection, tracked so shutdown
+//! can drain it. The permit travels with the connection into its tunnel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::app::Shared;
+use crate::framing::Watched;
+use crate::pipeline::Downstream;
+
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-iron-proxy-error: overloaded\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 65\r\nconnection: close\r\n\r\n\
+iron-proxy: too many connections (limits.max_connections); retry\n";
+
+pub async fn run(shared: Arc<Shared>, listener: TcpListener, max_connections: usize) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared2 = shared.clone();
+                shared.tasks.spawn(handle(shared2, stream, client, Arc::new(permit)));
+            }
+            Err(_) => {
+                tracing::warn!(client = %client, max_connections, "connection refused: over limits.max_connections");
+                shared.tasks.spawn(refuse(stream));
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(OVERLOADED).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    client: std::net::SocketAddr,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let limits = shared.store.load().config.limits.clone();
+    let down = Arc::new(Downstream::new(client, None));
+    let stream = Watched::new(stream, down.ambiguous_framing.clone());
+    let service = {
+        let (shared, down) = (shared.clone(), down.clone());
+        service_fn(move |req| crate::connect::handle(shared.clone(), down.clone(), permit.clone(), req))
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.connect_line_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    crate::serve::drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| c.graceful_shutdown()).await;
+}

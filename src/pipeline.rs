@@ -1,0 +1,296 @@
+//! One request, top to bottom (SPEC §5.2–§5.7, §5.9):
+//! target (421 if it is not the tunnel's host) → framing checks (400) →
+//! policy (403) → strip hop-by-hop → swap (403 on a refused credential) →
+//! upstream → strip hop-by-hop → scrub echoed secrets → audit → downstream.
+//!
+//! Owns the order of those steps and the mapping of each failure to a
+//! response. Every step it calls is pure or lives in its own module.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::audit::{Audit, Audited, CountIn, InFlight};
+use crate::error::{Body, ErrorKind, ProxyError};
+use crate::policy::{Authority, Decision};
+use crate::store::Snapshot;
+use crate::swap;
+
+/// The downstream connection a request arrived on.
+#[derive(Debug)]
+pub struct Downstream {
+    pub client: SocketAddr,
+    /// The CONNECT destination for intercepted tunnels; `None` on the plain
+    /// listener (absolute-form `http://` requests).
+    pub tunnel: Option<Authority>,
+    pub in_flight: Arc<InFlight>,
+    /// Raised by `framing::Watched` when an HTTP/1 head carried both
+    /// `Content-Length` and `Transfer-Encoding`.
+    pub ambiguous_framing: Arc<AtomicBool>,
+}
+
+impl Downstream {
+    pub fn new(client: SocketAddr, tunnel: Option<Authority>) -> Downstream {
+        Downstream {
+            client,
+            tunnel,
+            in_flight: Arc::default(),
+            ambiguous_framing: Arc::default(),
+        }
+    }
+}
+
+/// Handles one request; every failure becomes a response of ours.
+pub async fn handle(
+    snap: Arc<Snapshot>,
+    down: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let mut audit = Audit::start(down.client, req.method(), req.uri().path(), down.in_flight.clone());
+    let resp = match forward(&snap, &down, req, &mut audit).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(kind = e.kind.as_str(), error = %e.message, "refused or failed");
+            audit.error = Some(e.kind);
+            e.to_response()
+        }
+    };
+    audit.status = resp.status();
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, Audited::new(body, audit).boxed_unsync()))
+}
+
+async fn forward(
+    snap: &Snapshot,
+    down: &Downstream,
+    mut req: Request<Incoming>,
+    audit: &mut Audit,
+) -> Result<Response<Body>, ProxyError> {
+    let (dest, tls) = target(down, &req)?;
+    audit.set_destination(&dest.host, dest.port);
+    if down.ambiguous_framing.load(Ordering::Relaxed) {
+        return Err(ProxyError::new(ErrorKind::Malformed, "both Content-Length and Transfer-Encoding are set"));
+    }
+    check_framing(req.headers())?;
+    match snap.config.policy.decide(&dest) {
+        Decision::Allow { .. } => {}
+        _ => return Err(not_allowed(&dest)),
+    }
+    let upgrade = is_upgrade(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::HOST);
+    audit.credentials = swap::swap_request(&mut parts.headers, &snap.credentials, &dest.host, !tls)
+        .map_err(|r| {
+            ProxyError::new(
+                ErrorKind::Policy,
+                format!(
+                    "the {} header toward {} carries a value that is not the stub of credential \
+                     `{}`, which is required for this host",
+                    r.header, dest.host, r.credential
+                ),
+            )
+        })?;
+    parts.uri = upstream_uri(tls, &dest, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+    let body = CountIn::new(body, audit.bytes_in()).boxed_unsync();
+    let resp = snap.upstream.send(Request::from_parts(parts, body), upgrade).await?;
+    let (mut parts, body) = resp.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(down_up), Some(up_up)) = (switching, downstream_upgrade, parts.extensions.remove::<OnUpgrade>()) {
+        tokio::spawn(splice(down_up, up_up));
+    } else {
+        strip_hop_by_hop(&mut parts.headers, false);
+    }
+    swap::scrub_response(&mut parts.headers, &snap.credentials);
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+}
+
+/// The destination of a request, and whether it travels over TLS.
+fn target(down: &Downstream, req: &Request<Incoming>) -> Result<(Authority, bool), ProxyError> {
+    let malformed = |m: String| ProxyError::new(ErrorKind::Malformed, m);
+    if req.method() == Method::CONNECT {
+        return Err(malformed("CONNECT inside a tunnel is not supported".into()));
+    }
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(malformed("more than one Host header".into()));
+    }
+    let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let Some(tunnel) = &down.tunnel else {
+        return plain_target(req.uri());
+    };
+    let named = req.uri().authority().map(|a| a.as_str()).or(host_header).ok_or_else(|| {
+        malformed("the request names no host (no Host header or :authority)".into())
+    })?;
+    let named = Authority::parse(named, Some(tunnel.port)).map_err(|m| malformed(format!("bad Host: {m}")))?;
+    if named != *tunnel {
+        return Err(ProxyError::new(
+            ErrorKind::HostMismatch,
+            format!("this tunnel was opened to {tunnel}; a request for {named} needs its own CONNECT"),
+        ));
+    }
+    Ok((named, true))
+}
+
+fn plain_target(uri: &Uri) -> Result<(Authority, bool), ProxyError> {
+    let malformed = |m: &str| ProxyError::new(ErrorKind::Malformed, m.to_owned());
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(a)) => Authority::parse(a.as_str(), Some(80))
+            .map(|dest| (dest, false))
+            .map_err(|m| ProxyError::new(ErrorKind::Malformed, m)),
+        (Some("https"), _) => Err(malformed(
+            "send https:// requests through CONNECT (set HTTPS_PROXY), not as absolute-form",
+        )),
+        _ => Err(malformed(
+            "this is a proxy: send CONNECT host:port, or an absolute-form http:// request",
+        )),
+    }
+}
+
+fn not_allowed(dest: &Authority) -> ProxyError {
+    ProxyError::new(ErrorKind::Policy, format!("{dest} is not on the allowlist"))
+}
+
+/// Refuses the request shapes that let two parsers disagree on where a
+/// message ends (request smuggling), and values no header may hold.
+fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let malformed = |m: &str| Err(ProxyError::new(ErrorKind::Malformed, m.to_owned()));
+    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if !lengths.is_empty() && headers.contains_key(header::TRANSFER_ENCODING) {
+        return malformed("both Content-Length and Transfer-Encoding are set");
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return malformed("conflicting Content-Length values");
+    }
+    if headers.values().any(|v| v.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0))) {
+        return malformed("a header value contains CR, LF or NUL");
+    }
+    Ok(())
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
+/// the proxy's own credentials.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and any header named in `Connection`. For an
+/// upgrade, `Connection: upgrade` and `Upgrade` are kept: they are the
+/// request. `TE: trailers` is the one TE value worth passing (gRPC).
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn upstream_uri(tls: bool, dest: &Authority, original: &Uri) -> Result<Uri, ProxyError> {
+    let path = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if !path.starts_with('/') {
+        return Err(ProxyError::new(ErrorKind::Malformed, "the request target must be a path"));
+    }
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{dest}{path}")
+        .parse()
+        .map_err(|_| ProxyError::new(ErrorKind::Malformed, "the request target is not a valid URI"))
+}
+
+/// Joins an upgraded downstream connection (WebSocket) to the upstream one.
+async fn splice(down: OnUpgrade, up: OnUpgrade) {
+    let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+        tracing::debug!("upgrade abandoned by one side");
+        return;
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_refuses_smuggling_shapes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&h).is_ok());
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert!(check_framing(&h).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-foo, keep-alive"),
+            ("x-foo", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("te", "gzip"),
+            ("x-keep", "yes"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.contains_key(header::TE));
+    }
+}

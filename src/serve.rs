@@ -1,0 +1,170 @@
+//! Inside an accepted tunnel: TLS termination and HTTP serving (SPEC §5.1,
+//! §5.3).
+//!
+//! Owns: reading the ClientHello (anything else closes the tunnel), the SNI
+//! check against the CONNECT host, the TLS handshake with a minted leaf
+//! under `tls_handshake_timeout`, and serving HTTP/1.1 or HTTP/2 per ALPN
+//! with the header limits, idle timeout and graceful shutdown that every
+//! downstream connection gets (`serve_http`, also used for the plain port).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::app::Shared;
+use crate::audit::InFlight;
+use crate::framing::Watched;
+use crate::config::Limits;
+use crate::pipeline::{self, Downstream};
+use crate::policy::{Authority, Host};
+
+/// Why a tunnel was closed before serving any request.
+#[derive(Debug, thiserror::Error)]
+enum TunnelError {
+    #[error("the client did not complete a TLS handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("the tunnel did not start with a TLS ClientHello ({0}); plain HTTP must use absolute-form requests")]
+    NotTls(std::io::Error),
+    #[error("SNI `{sni}` does not match the CONNECT host {host}")]
+    SniMismatch { sni: String, host: String },
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error(transparent)]
+    Mint(#[from] crate::mint::MintError),
+}
+
+/// Terminates the agent's TLS and serves the requests inside the tunnel.
+pub async fn tunnel(shared: Arc<Shared>, dest: Authority, client: std::net::SocketAddr, upgraded: Upgraded) {
+    let snap = shared.store.load();
+    let limits = snap.config.limits.clone();
+    let accepted = tokio::time::timeout(limits.tls_handshake_timeout, handshake(&shared, &snap, &dest, upgraded))
+        .await
+        .unwrap_or(Err(TunnelError::Timeout(limits.tls_handshake_timeout)));
+    drop(snap);
+    let tls = match accepted {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::info!(client = %client, host = %dest.host, port = dest.port, reason = %e, "tunnel closed");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let down = Arc::new(Downstream::new(client, Some(dest)));
+    if h2 {
+        serve_http(shared, down, TokioIo::new(tls), true, &limits).await;
+    } else {
+        let watched = Watched::new(tls, down.ambiguous_framing.clone());
+        serve_http(shared, down, TokioIo::new(watched), false, &limits).await;
+    }
+}
+
+async fn handshake(
+    shared: &Shared,
+    snap: &crate::store::Snapshot,
+    dest: &Authority,
+    upgraded: Upgraded,
+) -> Result<tokio_rustls::server::TlsStream<TokioIo<Upgraded>>, TunnelError> {
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = acceptor.await.map_err(TunnelError::NotTls)?;
+    if let Some(sni) = start.client_hello().server_name() {
+        let matches = matches!(&dest.host, Host::Name(n) if n.eq_ignore_ascii_case(sni.trim_end_matches('.')));
+        if !matches {
+            return Err(TunnelError::SniMismatch {
+                sni: crate::policy::printable(sni),
+                host: dest.host.to_string(),
+            });
+        }
+    }
+    let config = shared
+        .minter
+        .server_config(&snap.ca, snap.ca_generation, &dest.host, snap.config.ca.leaf_validity)
+        .await?;
+    start.into_stream(config).await.map_err(TunnelError::Handshake)
+}
+
+/// Serves HTTP inside a tunnel until it closes, idles out or the process
+/// drains.
+async fn serve_http<I>(shared: Arc<Shared>, down: Arc<Downstream>, io: I, h2: bool, limits: &Limits)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = {
+        let (shared, down) = (shared.clone(), down.clone());
+        service_fn(move |req| {
+            let snap = shared.store.load();
+            pipeline::handle(snap, down.clone(), req)
+        })
+    };
+    if h2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .serve_connection(io, service);
+        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| c.graceful_shutdown()).await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Polls a connection to completion, asking it to finish gracefully when the
+/// process drains or when it has had no request in flight for
+/// `idle_timeout` (checked every quarter of it).
+pub async fn drive<C, E>(
+    conn: C,
+    shared: &Shared,
+    in_flight: &InFlight,
+    idle_timeout: Duration,
+    graceful: impl Fn(std::pin::Pin<&mut C>),
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut tick = tokio::time::interval(idle_timeout / 4);
+    tick.tick().await;
+    let mut idle_since: Option<(Instant, u64)> = None;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "downstream connection ended with an error");
+                }
+                return;
+            }
+            _ = shared.shutdown.cancelled(), if !closing => {
+                closing = true;
+                graceful(conn.as_mut());
+            }
+            _ = tick.tick(), if !closing => {
+                let now = Instant::now();
+                let started = in_flight.started();
+                idle_since = match idle_since {
+                    Some((since, seen)) if in_flight.get() == 0 && seen == started => {
+                        if now.duration_since(since) >= idle_timeout {
+                            closing = true;
+                            graceful(conn.as_mut());
+                        }
+                        Some((since, seen))
+                    }
+                    _ if in_flight.get() == 0 => Some((now, started)),
+                    _ => None,
+                };
+            }
+        }
+    }
+}

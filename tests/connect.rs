@@ -1,0 +1,404 @@
+//! CONNECT, policy, tunnel hygiene and upstream failures (SPEC §5.1–§5.3,
+//! §5.7, §5.8), plus absolute-form plain HTTP and request framing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::*;
+
+use tokio::io::AsyncWriteExt;
+
+const ERR: &str = "x-iron-proxy-error";
+
+/// A default (h2 + http/1.1) upstream and a proxy allowing only `api.test`.
+async fn setup() -> (Upstream, ProxyHandle) {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream).allow("api.test", &[upstream.port]);
+    let proxy = start_proxy(config).await;
+    (upstream, proxy)
+}
+
+fn api(upstream: &Upstream) -> String {
+    format!("api.test:{}", upstream.port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_connect_reaches_upstream_over_h1_and_h2() {
+    let (upstream, proxy) = setup().await;
+    for mut client in [
+        h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await,
+        h2_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await,
+    ] {
+        let reply = client.send(get(&api(&upstream), "/echo?x=1")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["path"], "/echo");
+        assert_eq!(reply.json()["query"], "x=1");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+    let big = h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem);
+    let reply = big
+        .await
+        .send(get(&api(&upstream), "/big?bytes=300000"))
+        .await;
+    assert_eq!(
+        reply.body.len(),
+        300_000,
+        "response body streamed back whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_host_gets_403_before_any_tls() {
+    let (upstream, proxy) = setup().await;
+    let (head, mut stream) =
+        connect_tunnel(proxy.proxy_addr, &format!("other.test:{}", upstream.port)).await;
+    assert_eq!(head.status, 403);
+    assert_eq!(head.header(ERR), Some("policy"));
+    let body = read_body(&mut stream, &head).await;
+    assert_eq!(
+        body.trim_end().lines().count(),
+        1,
+        "one-line reason: {body:?}"
+    );
+    assert!(
+        body.contains("other.test"),
+        "reason names the host: {body:?}"
+    );
+    assert_eq!(
+        upstream.connection_count(),
+        0,
+        "no upstream connection for a denied host"
+    );
+    let audit = proxy.wait_for_audit(|r| r["status"] == 403).await;
+    assert_eq!(audit["decision"], "deny", "{audit}");
+    assert_eq!(
+        audit["host"], "other.test",
+        "audit host is the bare name: {audit}"
+    );
+    assert_eq!(audit["port"], upstream.port, "audit port: {audit}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_port_gets_403() {
+    let (upstream, proxy) = setup().await;
+    let (head, _stream) = connect_tunnel(proxy.proxy_addr, "api.test:443").await;
+    assert_eq!(head.status, 403);
+    assert_eq!(head.header(ERR), Some("policy"));
+    let (head, _stream) =
+        connect_tunnel(proxy.proxy_addr, &format!("api.test:{}", upstream.port + 1)).await;
+    assert_eq!(head.status, 403);
+    assert_eq!(upstream.connection_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_inside_tunnel_is_closed() {
+    let (upstream, proxy) = setup().await;
+    let (head, mut stream) = connect_tunnel(proxy.proxy_addr, &api(&upstream)).await;
+    assert_eq!(head.status, 200);
+    let request = format!("GET /echo HTTP/1.1\r\nHost: {}\r\n\r\n", api(&upstream));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (bytes, closed) = read_until_closed(&mut stream).await;
+    assert!(closed, "tunnel not closed after plain HTTP");
+    assert!(!String::from_utf8_lossy(&bytes).contains("HTTP/1.1 200"));
+    assert!(upstream.requests().is_empty());
+    assert_eq!(upstream.connection_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_naming_another_host_fails_the_handshake() {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream)
+        .allow("api.test", &[upstream.port])
+        .allow("other.test", &[upstream.port]);
+    let proxy = start_proxy(config).await;
+    let (head, stream) = connect_tunnel(proxy.proxy_addr, &api(&upstream)).await;
+    assert_eq!(head.status, 200);
+    let handshake = tls_handshake(stream, "other.test", &proxy.ca_pem, ALPN_BOTH).await;
+    assert!(
+        handshake.is_err(),
+        "TLS with SNI other.test in an api.test tunnel succeeded"
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_differing_from_connect_host_is_421() {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream)
+        .allow("api.test", &[upstream.port])
+        .allow("other.test", &[upstream.port]);
+    let proxy = start_proxy(config).await;
+    let other = format!("other.test:{}", upstream.port);
+    for mut client in [
+        h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await,
+        h2_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await,
+    ] {
+        let reply = client.send(get(&other, "/echo")).await;
+        assert_eq!(reply.status, 421, "{}", reply.text());
+        assert_eq!(reply.header(ERR), Some("host_mismatch"));
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "mismatched request reached upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alpn_is_negotiated_independently_on_each_side() {
+    let h1_up = start_upstream(UpstreamOpts::h1_only()).await;
+    let h2_up = start_upstream(UpstreamOpts::h2_only()).await;
+    let config = ProxyConfig::new(&h1_up)
+        .trust(&h2_up.ca_pem)
+        .allow("api.test", &[h1_up.port])
+        .allow("other.test", &[h2_up.port]);
+    let proxy = start_proxy(config).await;
+
+    let mut agent_h2 = h2_client(proxy.proxy_addr, "api.test", h1_up.port, &proxy.ca_pem).await;
+    let reply = agent_h2.send(get(&api(&h1_up), "/echo")).await;
+    assert_eq!((reply.status, reply.version), (200, hyper::Version::HTTP_2));
+    assert_eq!(h1_up.last("/echo").version, "HTTP/1.1");
+
+    let other = format!("other.test:{}", h2_up.port);
+    let mut agent_h1 = h1_client(proxy.proxy_addr, "other.test", h2_up.port, &proxy.ca_pem).await;
+    let reply = agent_h1.send(get(&other, "/echo")).await;
+    assert_eq!(
+        (reply.status, reply.version),
+        (200, hyper::Version::HTTP_11)
+    );
+    assert_eq!(h2_up.last("/echo").version, "HTTP/2.0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_pooled_across_tunnels() {
+    let (upstream, proxy) = setup().await;
+    for _ in 0..2 {
+        let mut client =
+            h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await;
+        assert_eq!(client.send(get(&api(&upstream), "/echo")).await.status, 200);
+    }
+    assert_eq!(upstream.requests().len(), 2);
+    assert_eq!(
+        upstream.connection_count(),
+        1,
+        "second tunnel opened a new upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_events_arrive_one_by_one() {
+    use http_body_util::BodyExt;
+    let (upstream, proxy) = setup().await;
+    let (n, delay_ms) = (5u32, 300u64);
+    let mut client = h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await;
+    let start = std::time::Instant::now();
+    let path = format!("/sse?n={n}&delay_ms={delay_ms}");
+    let response = client.request(get(&api(&upstream), &path)).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let (mut text, mut arrivals) = (String::new(), Vec::new());
+    while let Some(frame) = within("next SSE frame", body.frame()).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+            arrivals.resize(text.matches("\n\n").count(), start.elapsed());
+        }
+    }
+    assert_eq!(arrivals.len(), n as usize, "all events arrive: {text:?}");
+    // Produced (n-1)*delay apart: if the proxy buffered, they would land together.
+    let spread = arrivals[arrivals.len() - 1] - arrivals[0];
+    let produced_over = std::time::Duration::from_millis((n as u64 - 1) * delay_ms);
+    assert!(
+        spread >= produced_over / 2,
+        "events were buffered: arrivals {arrivals:?}"
+    );
+}
+
+async fn websocket_echo(alpn: UpstreamOpts) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let upstream = start_upstream(alpn).await;
+    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
+    let tls = tls_through(
+        proxy.proxy_addr,
+        "api.test",
+        upstream.port,
+        &proxy.ca_pem,
+        ALPN_H1,
+    )
+    .await;
+    let url = format!("wss://api.test:{}/ws", upstream.port);
+    let (mut ws, _) = within("ws handshake", tokio_tungstenite::client_async(url, tls))
+        .await
+        .unwrap();
+    for text in ["hello through the tunnel", "second message"] {
+        within("ws send", ws.send(Message::text(text)))
+            .await
+            .unwrap();
+        let echoed = within("ws echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap(), text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_echo_through_tunnel_h1_upstream() {
+    websocket_echo(UpstreamOpts::h1_only()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_echo_through_tunnel_h2_capable_upstream() {
+    websocket_echo(UpstreamOpts::default()).await;
+}
+
+/// Expect a 502 `upstream_connect`, at CONNECT or on the first request.
+async fn expect_upstream_connect_error(proxy: &ProxyHandle, host: &str, port: u16) {
+    let authority = format!("{host}:{port}");
+    let (head, stream) = connect_tunnel(proxy.proxy_addr, &authority).await;
+    if head.status != 200 {
+        assert_eq!(head.status, 502, "{head:?}");
+        assert_eq!(head.header(ERR), Some("upstream_connect"));
+        return;
+    }
+    let tls = tls_handshake(stream, host, &proxy.ca_pem, ALPN_H1)
+        .await
+        .unwrap();
+    let reply = client_over(tls).await.send(get(&authority, "/echo")).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.header(ERR), Some("upstream_connect"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_with_untrusted_ca_is_502() {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let unrelated = TestCa::new("unrelated CA");
+    let config = ProxyConfig::bare()
+        .trust(&unrelated.cert_pem)
+        .allow("api.test", &[upstream.port]);
+    let proxy = start_proxy(config).await;
+    expect_upstream_connect_error(&proxy, "api.test", upstream.port).await;
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_upstream_port_is_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let proxy = start_proxy(ProxyConfig::bare().allow("dead.test", &[port])).await;
+    expect_upstream_connect_error(&proxy, "dead.test", port).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_plain_http_follows_policy() {
+    let plain = start_plain_upstream().await;
+    let proxy = start_proxy(ProxyConfig::new(&plain).allow("plain.test", &[plain.port])).await;
+    let get_plain = |host: &str| {
+        let authority = format!("{host}:{}", plain.port);
+        format!("GET http://{authority}/echo HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+    };
+    let (head, body) =
+        parse_response(&raw_request(proxy.proxy_addr, get_plain("plain.test").as_bytes()).await);
+    assert_eq!(head.status, 200, "{body}");
+    assert!(body.contains("\"path\":\"/echo\""), "{body}");
+    assert_eq!(plain.requests().len(), 1);
+
+    let (head, body) =
+        parse_response(&raw_request(proxy.proxy_addr, get_plain("other.test").as_bytes()).await);
+    assert_eq!(head.status, 403, "{body}");
+    assert_eq!(head.header(ERR), Some("policy"));
+    assert_eq!(plain.requests().len(), 1, "denied request reached upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_headers_do_not_reach_upstream() {
+    // h1 upstream: an h2 upstream could not carry connection headers anyway.
+    let upstream = start_upstream(UpstreamOpts::h1_only()).await;
+    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
+    let mut client = h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await;
+    let request = req("GET", &api(&upstream), "/echo")
+        .header("connection", "x-foo")
+        .header("x-foo", "listed-in-connection")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "gzip")
+        .header("x-kept", "yes")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(client.send(request).await.status, 200);
+    let seen = upstream.last("/echo");
+    for name in ["x-foo", "keep-alive", "proxy-authorization", "te"] {
+        assert_eq!(
+            seen.header(name),
+            None,
+            "upstream saw hop-by-hop {name}: {seen:?}"
+        );
+    }
+    let connection = seen.header("connection").unwrap_or_default();
+    assert!(!connection.contains("x-foo"), "{seen:?}");
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+}
+
+const CL_AND_TE: &str = "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_length_with_transfer_encoding_is_400() {
+    let plain = start_plain_upstream().await;
+    let proxy = start_proxy(ProxyConfig::new(&plain).allow("plain.test", &[plain.port])).await;
+    let authority = format!("plain.test:{}", plain.port);
+    let raw = format!("POST http://{authority}/echo HTTP/1.1\r\nHost: {authority}\r\n{CL_AND_TE}");
+    let (head, body) = parse_response(&raw_request(proxy.proxy_addr, raw.as_bytes()).await);
+    assert_eq!(head.status, 400, "{body}");
+    assert_eq!(head.header(ERR), Some("malformed"));
+    assert!(
+        plain.requests().is_empty(),
+        "smuggling-shaped request reached upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_length_with_transfer_encoding_in_tunnel_is_400() {
+    let (upstream, proxy) = setup().await;
+    let tls = tls_through(
+        proxy.proxy_addr,
+        "api.test",
+        upstream.port,
+        &proxy.ca_pem,
+        ALPN_H1,
+    )
+    .await;
+    let raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: {}\r\n{CL_AND_TE}",
+        api(&upstream)
+    );
+    let (head, body) = parse_response(&raw_over(tls, raw.as_bytes()).await);
+    assert_eq!(head.status, 400, "{body}");
+    assert_eq!(head.header(ERR), Some("malformed"));
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_content_lengths_are_400() {
+    let (upstream, proxy) = setup().await;
+    let tls = tls_through(
+        proxy.proxy_addr,
+        "api.test",
+        upstream.port,
+        &proxy.ca_pem,
+        ALPN_H1,
+    )
+    .await;
+    let lengths = "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    let raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: {}\r\n{lengths}",
+        api(&upstream)
+    );
+    let (head, body) = parse_response(&raw_over(tls, raw.as_bytes()).await);
+    assert_eq!(head.status, 400, "{body}");
+    assert!(upstream.requests().is_empty());
+
+    let plain = start_plain_upstream().await;
+    let proxy = start_proxy(ProxyConfig::new(&plain).allow("plain.test", &[plain.port])).await;
+    let authority = format!("plain.test:{}", plain.port);
+    let raw = format!("POST http://{authority}/echo HTTP/1.1\r\nHost: {authority}\r\n{lengths}");
+    let (head, _) = parse_response(&raw_request(proxy.proxy_addr, raw.as_bytes()).await);
+    assert_eq!(head.status, 400);
+    assert!(plain.requests().is_empty());
+}
