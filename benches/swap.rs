@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench swap`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 
 use base64::Engine;
@@ -28,7 +30,12 @@ fn credential(name: &str, stub: &str, real: &str, header: &str) -> Credential {
 
 fn credentials() -> Vec<Credential> {
     vec![
-        credential("access", "access-token-stub", &"a".repeat(108), "authorization"),
+        credential(
+            "access",
+            "access-token-stub",
+            &"a".repeat(108),
+            "authorization",
+        ),
         credential("pat", "github-token-stub", &"p".repeat(40), "authorization"),
         credential("key", "api-key-stub", &"k".repeat(64), "x-api-key"),
     ]
@@ -45,7 +52,10 @@ fn request(auth: &str) -> HeaderMap {
         ("content-type", "application/json"),
         ("content-length", "18234"),
         ("anthropic-version", "2023-06-01"),
-        ("anthropic-beta", "oauth-2025-04-20,interleaved-thinking-2025-05-14"),
+        (
+            "anthropic-beta",
+            "oauth-2025-04-20,interleaved-thinking-2025-05-14",
+        ),
         ("x-app", "cli"),
         ("x-stainless-lang", "js"),
         ("x-stainless-package-version", "0.55.1"),
@@ -61,7 +71,10 @@ fn request(auth: &str) -> HeaderMap {
     for (k, v) in pairs {
         h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }
-    h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(auth).unwrap(),
+    );
     assert_eq!(h.len(), 20);
     h
 }
@@ -73,12 +86,18 @@ fn response() -> HeaderMap {
         ("content-type", "text/event-stream; charset=utf-8"),
         ("cache-control", "no-cache"),
         ("request-id", "req_011CUp9y6BQk5e1pD6q8X9sz"),
-        ("anthropic-organization-id", "4e0b7f5a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"),
+        (
+            "anthropic-organization-id",
+            "4e0b7f5a-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+        ),
         ("via", "1.1 google"),
         ("cf-ray", "8f1e2d3c4b5a6978-IAD"),
         ("server", "cloudflare"),
         ("x-robots-tag", "none"),
-        ("strict-transport-security", "max-age=31536000; includeSubDomains; preload"),
+        (
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains; preload",
+        ),
     ] {
         h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }

@@ -57,8 +57,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n".into()),
         (&Method::GET, "/ca.pem") => {
             let mut r = text(StatusCode::OK, shared.store.load().trust_bundle.clone());
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -69,7 +71,9 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

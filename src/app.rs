@@ -34,7 +34,10 @@ pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{}: {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
     #[error("cannot listen on {addr} ({key}): {source}; is another process using that port?")]
     Bind {
         key: &'static str,
@@ -50,7 +53,12 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Loads a config file and builds the snapshot it describes.
-pub fn build(path: &std::path::Path, previous: Option<&Snapshot>, mode: BuildMode, provider: &Arc<CryptoProvider>) -> Result<Snapshot, AppError> {
+pub fn build(
+    path: &std::path::Path,
+    previous: Option<&Snapshot>,
+    mode: BuildMode,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Snapshot, AppError> {
     let config = Config::load(path)?;
     Snapshot::build(config, previous, mode, provider).map_err(|problems| AppError::Invalid {
         path: path.to_owned(),
@@ -73,7 +81,9 @@ impl App {
         let snapshot = build(config_path, None, BuildMode::Run, &provider)?;
         let listen = snapshot.config.listen.clone();
         let bind = |key, addr| async move {
-            TcpListener::bind(addr).await.map_err(|source| AppError::Bind { key, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { key, addr, source })
         };
         let proxy = bind("listen.proxy", listen.proxy).await?;
         let admin = bind("listen.admin", listen.admin).await?;
@@ -84,7 +94,11 @@ impl App {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
-        Ok(App { shared, proxy, admin })
+        Ok(App {
+            shared,
+            proxy,
+            admin,
+        })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -110,8 +124,14 @@ impl App {
         self.shared.tasks.close();
         let open = self.shared.tasks.len();
         tracing::info!(open, drain = ?drain, "draining");
-        if tokio::time::timeout(drain, self.shared.tasks.wait()).await.is_err() {
-            tracing::warn!(open = self.shared.tasks.len(), "drain timeout reached; closing the rest");
+        if tokio::time::timeout(drain, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.shared.tasks.len(),
+                "drain timeout reached; closing the rest"
+            );
         }
     }
 }
@@ -124,9 +144,18 @@ fn display_addr(addr: Option<SocketAddr>) -> String {
 /// problem the running snapshot stays and the error is returned.
 pub fn reload(shared: &Shared) -> Result<(), AppError> {
     let current = shared.store.load();
-    let next = build(&current.config.path, Some(&current), BuildMode::Run, &shared.provider)?;
-    if next.config.listen != current.config.listen || next.config.limits.max_connections != current.config.limits.max_connections {
-        tracing::warn!("listen addresses and limits.max_connections take effect only after a restart");
+    let next = build(
+        &current.config.path,
+        Some(&current),
+        BuildMode::Run,
+        &shared.provider,
+    )?;
+    if next.config.listen != current.config.listen
+        || next.config.limits.max_connections != current.config.limits.max_connections
+    {
+        tracing::warn!(
+            "listen addresses and limits.max_connections take effect only after a restart"
+        );
     }
     let ca_changed = next.ca_generation != current.ca_generation;
     shared.store.replace(next);

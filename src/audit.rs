@@ -58,7 +58,12 @@ pub struct Audit {
 }
 
 impl Audit {
-    pub fn start(client: SocketAddr, method: &Method, path: &str, in_flight: Arc<InFlight>) -> Audit {
+    pub fn start(
+        client: SocketAddr,
+        method: &Method,
+        path: &str,
+        in_flight: Arc<InFlight>,
+    ) -> Audit {
         in_flight.now.fetch_add(1, Ordering::Relaxed);
         in_flight.started.fetch_add(1, Ordering::Relaxed);
         Audit {
@@ -122,80 +127,61 @@ impl Drop for Audit {
     }
 }
 
-pin_project! {
-    /// Counts request body bytes toward the audit record.
-    pub struct CountIn<B> {
-        #[pin]
-        inner: B,
-        count: Arc<AtomicU64>,
+/// Where a body's byte count goes.
+pub trait Tally {
+    fn add(&mut self, n: u64);
+}
+
+impl Tally for Arc<AtomicU64> {
+    fn add(&mut self, n: u64) {
+        self.fetch_add(n, Ordering::Relaxed);
     }
 }
 
-impl<B> CountIn<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        CountIn { inner, count }
-    }
-}
-
-impl<B> HttpBody for CountIn<B>
-where
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(f)) = &frame {
-            if let Some(d) = f.data_ref() {
-                this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
-        }
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+/// The response side: counting into the record, which is emitted when the
+/// body is dropped (delivered or abandoned).
+impl Tally for Audit {
+    fn add(&mut self, n: u64) {
+        self.bytes_out += n;
     }
 }
 
 pin_project! {
-    /// Carries the audit record along with the response body; the record is
-    /// emitted when this is dropped (delivered or abandoned).
-    pub struct Audited<B> {
+    /// A body that reports the size of each data frame to `tally`.
+    pub struct Counted<B, T> {
         #[pin]
         inner: B,
-        audit: Audit,
+        tally: T,
     }
 }
 
-impl<B> Audited<B> {
-    pub fn new(inner: B, audit: Audit) -> Self {
-        Audited { inner, audit }
+impl<B, T> Counted<B, T> {
+    pub fn new(inner: B, tally: T) -> Self {
+        Counted { inner, tally }
     }
 }
 
-impl<B> HttpBody for Audited<B>
+impl<B, T> HttpBody for Counted<B, T>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
+    T: Tally,
 {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(f)) = &frame {
-            if let Some(d) = f.data_ref() {
-                this.audit.bytes_out += d.len() as u64;
-            }
+        if let Some(data) = frame
+            .as_ref()
+            .and_then(|f| f.as_ref().ok())
+            .and_then(Frame::data_ref)
+        {
+            this.tally.add(data.len() as u64);
         }
         Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }

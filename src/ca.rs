@@ -153,7 +153,9 @@ fn check_ca_cert(
         .flatten()
         .is_some_and(|bc| bc.value.ca);
     if !is_ca {
-        return Err(bad("it is not a CA (basicConstraints CA:TRUE is missing)".into()));
+        return Err(bad(
+            "it is not a CA (basicConstraints CA:TRUE is missing)".into()
+        ));
     }
     if !cert.validity().is_valid() {
         return Err(bad(format!(
@@ -203,7 +205,13 @@ pub fn init(out: &Path, common_name: &str, force: bool) -> Result<(PathBuf, Path
     Ok((cert_path, key_path))
 }
 
-fn write_pair(cert: &Path, key: &Path, cert_pem: &str, key_pem: &str, force: bool) -> Result<(), CaError> {
+fn write_pair(
+    cert: &Path,
+    key: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    force: bool,
+) -> Result<(), CaError> {
     for p in [cert, key] {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|source| CaError::Write {
@@ -235,7 +243,8 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(), C
         .mode(mode)
         .open(&tmp)
         .map_err(err)?;
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(err)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
     fs::rename(&tmp, path).map_err(err)
 }
@@ -292,7 +301,10 @@ mod tests {
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(CertificateAuthority::load(&cert, &key).is_ok());
-        assert!(matches!(init(dir.path(), "test", false), Err(CaError::Exists { .. })));
+        assert!(matches!(
+            init(dir.path(), "test", false),
+            Err(CaError::Exists { .. })
+        ));
         init(dir.path(), "test", true).unwrap();
     }
 
@@ -307,18 +319,24 @@ mod tests {
     #[test]
     fn garbage_is_refused_with_the_file_named() {
         let (cert, key) = generate("a").unwrap();
-        let e = CertificateAuthority::from_pem("garbage", &key, Path::new("/x/ca.crt"), Path::new("k"))
-            .unwrap_err();
+        let e =
+            CertificateAuthority::from_pem("garbage", &key, Path::new("/x/ca.crt"), Path::new("k"))
+                .unwrap_err();
         assert!(e.to_string().contains("/x/ca.crt"));
-        let e = CertificateAuthority::from_pem(&cert, "", Path::new("c"), Path::new("/x/ca.key")).unwrap_err();
+        let e = CertificateAuthority::from_pem(&cert, "", Path::new("c"), Path::new("/x/ca.key"))
+            .unwrap_err();
         assert!(e.to_string().contains("/x/ca.key"));
     }
 
     #[test]
     fn pem_round_trips() {
         let (cert, key) = generate("a").unwrap();
-        let ca = CertificateAuthority::from_pem(&cert, &key, Path::new("c"), Path::new("k")).unwrap();
-        assert_eq!(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap(), *ca.cert_der());
+        let ca =
+            CertificateAuthority::from_pem(&cert, &key, Path::new("c"), Path::new("k")).unwrap();
+        assert_eq!(
+            CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap(),
+            *ca.cert_der()
+        );
         assert!(!format!("{ca:?}").contains("PRIVATE"));
     }
 }

@@ -19,7 +19,11 @@ pub const DEFAULT_CONFIG: &str = "config/iron-proxy.toml";
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
-#[command(name = "iron-proxy", version, about = "Egress proxy for AI agent pods: allowlist, TLS interception, stub-to-real credential swap")]
+#[command(
+    name = "iron-proxy",
+    version,
+    about = "Egress proxy for AI agent pods: allowlist, TLS interception, stub-to-real credential swap"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -77,7 +81,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
 
 fn run(config: &Path, log_format: Option<LogFormat>) -> ExitCode {
     let _guard = telemetry::init(log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -111,18 +118,26 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let generate = config.as_ref().is_some_and(|c| c.ca.generate_if_missing && !c.ca.cert.exists());
-    let summary = config.and_then(|c| match Snapshot::build(c, None, BuildMode::Check, &app::provider()) {
-        Ok(snap) => Some(snap),
-        Err(ps) => {
-            problems.extend(ps);
-            None
-        }
-    });
+    let generate = config
+        .as_ref()
+        .is_some_and(|c| c.ca.generate_if_missing && !c.ca.cert.exists());
+    let summary =
+        config.and_then(
+            |c| match Snapshot::build(c, None, BuildMode::Check, &app::provider()) {
+                Ok(snap) => Some(snap),
+                Err(ps) => {
+                    problems.extend(ps);
+                    None
+                }
+            },
+        );
     match summary {
         Some(snap) if problems.is_empty() => {
             let ca = if generate {
-                format!("CA will be generated at {} on first run", snap.config.ca.cert.display())
+                format!(
+                    "CA will be generated at {} on first run",
+                    snap.config.ca.cert.display()
+                )
             } else {
                 format!("CA sha256 {}", snap.ca.fingerprint())
             };

@@ -230,7 +230,10 @@ fn validate_credentials(
         if !names.insert(c.name.as_str()) {
             problems.push(Problem::new(
                 format!("credential[{i}].name"),
-                format!("duplicate credential name `{}`; names must be unique", c.name),
+                format!(
+                    "duplicate credential name `{}`; names must be unique",
+                    c.name
+                ),
             ));
         }
         for (j, other) in creds {
@@ -240,9 +243,15 @@ fn validate_credentials(
             if c.stub == other.stub && i > j {
                 problems.push(Problem::new(
                     format!("credential[{i}].stub"),
-                    format!("same stub as credential[{j}] (`{}`); every stub must be unique", other.name),
+                    format!(
+                        "same stub as credential[{j}] (`{}`); every stub must be unique",
+                        other.name
+                    ),
                 ));
-            } else if !c.stub.is_empty() && c.stub != other.stub && other.stub.contains(c.stub.as_str()) {
+            } else if !c.stub.is_empty()
+                && c.stub != other.stub
+                && other.stub.contains(c.stub.as_str())
+            {
                 problems.push(Problem::new(
                     format!("credential[{i}].stub"),
                     format!(
@@ -268,7 +277,9 @@ fn validate_credentials(
             if FORBIDDEN_CREDENTIAL_HEADERS.contains(&h.as_str()) {
                 problems.push(Problem::new(
                     format!("credential[{i}].headers[{k}]"),
-                    format!("`{h}` is a hop-by-hop or framing header and cannot carry a credential"),
+                    format!(
+                        "`{h}` is a hop-by-hop or framing header and cannot carry a credential"
+                    ),
                 ));
             }
         }

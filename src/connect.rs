@@ -68,7 +68,10 @@ async fn admit(
     let trusted = match snap.config.policy.decide(&dest) {
         Decision::Allow { trusted } => trusted,
         Decision::DenyHost => {
-            return Err(ProxyError::new(ErrorKind::Policy, format!("{} is not on the allowlist", dest.host)))
+            return Err(ProxyError::new(
+                ErrorKind::Policy,
+                format!("{} is not on the allowlist", dest.host),
+            ))
         }
         Decision::DenyPort => {
             return Err(ProxyError::new(

@@ -81,7 +81,11 @@ impl ProxyError {
         let mut line = String::with_capacity(self.message.len() + 13);
         line.push_str("iron-proxy: ");
         // One line only: a message must not be able to forge more lines.
-        line.extend(self.message.chars().map(|c| if c.is_control() { ' ' } else { c }));
+        line.extend(
+            self.message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c }),
+        );
         line.push('\n');
         let mut resp = Response::new(full(line));
         *resp.status_mut() = self.kind.status();

@@ -108,8 +108,15 @@ impl Tracker {
             State::Headers if line.is_empty() => self.end_of_head(),
             State::Headers => self.header(line),
             State::ChunkSize => {
-                let hex = line.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
-                self.state = match std::str::from_utf8(hex).ok().and_then(|h| u64::from_str_radix(h, 16).ok()) {
+                let hex = line
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or(b"")
+                    .trim_ascii();
+                self.state = match std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                {
                     Some(0) => State::Trailers,
                     Some(n) => State::ChunkData(n),
                     None => State::Opaque, // hyper refuses it; nothing more to follow
@@ -122,14 +129,22 @@ impl Tracker {
     }
 
     fn header(&mut self, line: &[u8]) {
-        let Some(colon) = line.iter().position(|&b| b == b':') else { return };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return;
+        };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
             self.has_length = true;
-            self.length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            self.length = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.has_te = true;
-            self.chunked = value.rsplit(|&b| b == b',').next().is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            self.chunked = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             self.opaque_after_head = true;
         }
@@ -173,7 +188,11 @@ impl<T> Watched<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -185,7 +204,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -224,14 +247,20 @@ mod tests {
     #[test]
     fn flags_length_with_transfer_encoding_in_either_order() {
         assert!(flagged(&[b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"]));
-        assert!(flagged(&[b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n"]));
+        assert!(flagged(&[
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n"
+        ]));
     }
 
     #[test]
     fn body_bytes_never_count_as_headers() {
         let body = b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         let head = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
-        assert!(!flagged(&[head.as_bytes(), body, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(!flagged(&[
+            head.as_bytes(),
+            body,
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        ]));
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
             31\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n0\r\n\r\n";
         assert!(!flagged(&[chunked]));
@@ -239,7 +268,8 @@ mod tests {
 
     #[test]
     fn follows_framing_across_split_reads_to_the_next_head() {
-        let msg: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+        let msg: &[u8] =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
             POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n";
         for split in 1..msg.len() {
             assert!(flagged(&[&msg[..split], &msg[split..]]), "split at {split}");
@@ -248,6 +278,9 @@ mod tests {
 
     #[test]
     fn connect_makes_the_rest_opaque() {
-        assert!(!flagged(&[b"CONNECT a:443 HTTP/1.1\r\n\r\n", b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]));
+        assert!(!flagged(&[
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
     }
 }

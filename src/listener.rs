@@ -47,7 +47,9 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener, max_connections: us
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let shared2 = shared.clone();
-                shared.tasks.spawn(handle(shared2, stream, client, Arc::new(permit)));
+                shared
+                    .tasks
+                    .spawn(handle(shared2, stream, client, Arc::new(permit)));
             }
             Err(_) => {
                 tracing::warn!(client = %client, max_connections, "connection refused: over limits.max_connections");
@@ -76,7 +78,9 @@ async fn handle(
     let stream = Watched::new(stream, down.ambiguous_framing.clone());
     let service = {
         let (shared, down) = (shared.clone(), down.clone());
-        service_fn(move |req| crate::connect::handle(shared.clone(), down.clone(), permit.clone(), req))
+        service_fn(move |req| {
+            crate::connect::handle(shared.clone(), down.clone(), permit.clone(), req)
+        })
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -85,5 +89,8 @@ async fn handle(
         .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    crate::serve::drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| c.graceful_shutdown()).await;
+    crate::serve::drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
+        c.graceful_shutdown()
+    })
+    .await;
 }

@@ -113,12 +113,21 @@ impl Minter {
                 self.mint(ca, host, validity)
             })
             .await?;
-        let counter = if minted { &self.stats.misses } else { &self.stats.hits };
+        let counter = if minted {
+            &self.stats.misses
+        } else {
+            &self.stats.hits
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(entry.config)
     }
 
-    fn mint(&self, ca: &CertificateAuthority, host: &Host, validity: Duration) -> Result<Entry, MintError> {
+    fn mint(
+        &self,
+        ca: &CertificateAuthority,
+        host: &Host,
+        validity: Duration,
+    ) -> Result<Entry, MintError> {
         let err = |detail: String| MintError::Sign {
             host: host.to_string(),
             detail,
@@ -228,7 +237,9 @@ mod tests {
                 let (m, ca) = (m.clone(), ca.clone());
                 tokio::spawn(async move {
                     let h = Host::Name("once.test".into());
-                    m.server_config(&ca, 1, &h, Duration::from_secs(3600)).await.unwrap()
+                    m.server_config(&ca, 1, &h, Duration::from_secs(3600))
+                        .await
+                        .unwrap()
                 })
             })
             .collect();
@@ -242,13 +253,26 @@ mod tests {
     fn leaf_has_san_eku_and_backdated_validity() {
         let ca = ca();
         let m = minter();
-        let params = leaf_params(&Host::Ip("127.0.0.1".parse().unwrap()), Duration::from_secs(3600)).unwrap();
+        let params = leaf_params(
+            &Host::Ip("127.0.0.1".parse().unwrap()),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         let cert = params.signed_by(&m.leaf_key, ca.issuer()).unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
         let san = x.subject_alternative_name().unwrap().unwrap();
         assert_eq!(san.value.general_names.len(), 1);
         assert!(x.extended_key_usage().unwrap().unwrap().value.server_auth);
-        assert!(x.validity().not_before.timestamp() < OffsetDateTime::now_utc().unix_timestamp() - 3000);
-        assert_eq!(x.issuer(), &x509_parser::parse_x509_certificate(ca.cert_der()).unwrap().1.tbs_certificate.subject);
+        assert!(
+            x.validity().not_before.timestamp() < OffsetDateTime::now_utc().unix_timestamp() - 3000
+        );
+        assert_eq!(
+            x.issuer(),
+            &x509_parser::parse_x509_certificate(ca.cert_der())
+                .unwrap()
+                .1
+                .tbs_certificate
+                .subject
+        );
     }
 }

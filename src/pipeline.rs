@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::audit::{Audit, Audited, CountIn, InFlight};
+use crate::audit::{Audit, Counted, InFlight};
 use crate::error::{Body, ErrorKind, ProxyError};
 use crate::policy::{Authority, Decision};
 use crate::store::Snapshot;
@@ -54,7 +54,12 @@ pub async fn handle(
     down: Arc<Downstream>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let mut audit = Audit::start(down.client, req.method(), req.uri().path(), down.in_flight.clone());
+    let mut audit = Audit::start(
+        down.client,
+        req.method(),
+        req.uri().path(),
+        down.in_flight.clone(),
+    );
     let resp = match forward(&snap, &down, req, &mut audit).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -65,7 +70,10 @@ pub async fn handle(
     };
     audit.status = resp.status();
     let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, Audited::new(body, audit).boxed_unsync()))
+    Ok(Response::from_parts(
+        parts,
+        Counted::new(body, audit).boxed_unsync(),
+    ))
 }
 
 async fn forward(
@@ -77,7 +85,10 @@ async fn forward(
     let (dest, tls) = target(down, &req)?;
     audit.set_destination(&dest.host, dest.port);
     if down.ambiguous_framing.load(Ordering::Relaxed) {
-        return Err(ProxyError::new(ErrorKind::Malformed, "both Content-Length and Transfer-Encoding are set"));
+        return Err(ProxyError::new(
+            ErrorKind::Malformed,
+            "both Content-Length and Transfer-Encoding are set",
+        ));
     }
     check_framing(req.headers())?;
     match snap.config.policy.decide(&dest) {
@@ -102,17 +113,27 @@ async fn forward(
         })?;
     parts.uri = upstream_uri(tls, &dest, &parts.uri)?;
     parts.version = Version::HTTP_11;
-    let body = CountIn::new(body, audit.bytes_in()).boxed_unsync();
-    let resp = snap.upstream.send(Request::from_parts(parts, body), upgrade).await?;
+    let body = Counted::new(body, audit.bytes_in()).boxed_unsync();
+    let resp = snap
+        .upstream
+        .send(Request::from_parts(parts, body), upgrade)
+        .await?;
     let (mut parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(down_up), Some(up_up)) = (switching, downstream_upgrade, parts.extensions.remove::<OnUpgrade>()) {
+    if let (true, Some(down_up), Some(up_up)) = (
+        switching,
+        downstream_upgrade,
+        parts.extensions.remove::<OnUpgrade>(),
+    ) {
         tokio::spawn(splice(down_up, up_up));
     } else {
         strip_hop_by_hop(&mut parts.headers, false);
     }
     swap::scrub_response(&mut parts.headers, &snap.credentials);
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed_unsync(),
+    ))
 }
 
 /// The destination of a request, and whether it travels over TLS.
@@ -124,18 +145,29 @@ fn target(down: &Downstream, req: &Request<Incoming>) -> Result<(Authority, bool
     if req.headers().get_all(header::HOST).iter().count() > 1 {
         return Err(malformed("more than one Host header".into()));
     }
-    let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
     let Some(tunnel) = &down.tunnel else {
         return plain_target(req.uri());
     };
-    let named = req.uri().authority().map(|a| a.as_str()).or(host_header).ok_or_else(|| {
-        malformed("the request names no host (no Host header or :authority)".into())
-    })?;
-    let named = Authority::parse(named, Some(tunnel.port)).map_err(|m| malformed(format!("bad Host: {m}")))?;
+    let named = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or(host_header)
+        .ok_or_else(|| {
+            malformed("the request names no host (no Host header or :authority)".into())
+        })?;
+    let named = Authority::parse(named, Some(tunnel.port))
+        .map_err(|m| malformed(format!("bad Host: {m}")))?;
     if named != *tunnel {
         return Err(ProxyError::new(
             ErrorKind::HostMismatch,
-            format!("this tunnel was opened to {tunnel}; a request for {named} needs its own CONNECT"),
+            format!(
+                "this tunnel was opened to {tunnel}; a request for {named} needs its own CONNECT"
+            ),
         ));
     }
     Ok((named, true))
@@ -171,7 +203,10 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     if lengths.windows(2).any(|w| w[0] != w[1]) {
         return malformed("conflicting Content-Length values");
     }
-    if headers.values().any(|v| v.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0))) {
+    if headers
+        .values()
+        .any(|v| v.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0)))
+    {
         return malformed("a header value contains CR, LF or NUL");
     }
     Ok(())
@@ -223,7 +258,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(name);
     }
-    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !te_trailers {
         headers.remove(header::TE);
     }
@@ -235,12 +272,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 fn upstream_uri(tls: bool, dest: &Authority, original: &Uri) -> Result<Uri, ProxyError> {
     let path = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     if !path.starts_with('/') {
-        return Err(ProxyError::new(ErrorKind::Malformed, "the request target must be a path"));
+        return Err(ProxyError::new(
+            ErrorKind::Malformed,
+            "the request target must be a path",
+        ));
     }
     let scheme = if tls { "https" } else { "http" };
-    format!("{scheme}://{dest}{path}")
-        .parse()
-        .map_err(|_| ProxyError::new(ErrorKind::Malformed, "the request target is not a valid URI"))
+    format!("{scheme}://{dest}{path}").parse().map_err(|_| {
+        ProxyError::new(
+            ErrorKind::Malformed,
+            "the request target is not a valid URI",
+        )
+    })
 }
 
 /// Joins an upgraded downstream connection (WebSocket) to the upstream one.
@@ -264,7 +307,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         assert!(check_framing(&h).is_ok());
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         assert!(check_framing(&h).is_err());
         let mut h = HeaderMap::new();
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));

@@ -92,7 +92,10 @@ impl Authority {
     /// `default_port` is given). Anything with userinfo, a path, escapes or
     /// whitespace is refused.
     pub fn parse(s: &str, default_port: Option<u16>) -> Result<Authority, String> {
-        if s.len() > 300 || s.bytes().any(|b| !b.is_ascii_graphic() || b"@/?#%\\".contains(&b)) {
+        if s.len() > 300
+            || s.bytes()
+                .any(|b| !b.is_ascii_graphic() || b"@/?#%\\".contains(&b))
+        {
             return Err(format!("`{}` is not a host:port", printable(s)));
         }
         let (host, port) = split_host_port(s)?;
@@ -162,7 +165,10 @@ impl HostPattern {
     pub fn parse(s: &str) -> Result<HostPattern, String> {
         if let Some(rest) = s.strip_prefix("*.") {
             validate_dns_name(rest)?;
-            return Ok(HostPattern::Suffix(format!(".{}", rest.to_ascii_lowercase())));
+            return Ok(HostPattern::Suffix(format!(
+                ".{}",
+                rest.to_ascii_lowercase()
+            )));
         }
         if s.contains('*') {
             return Err(format!(
@@ -223,7 +229,9 @@ pub struct AllowRule {
 pub enum Decision {
     /// Allowed; `trusted` when the operator wrote the address itself (an IP
     /// or CIDR rule), so the private-address guard does not apply.
-    Allow { trusted: bool },
+    Allow {
+        trusted: bool,
+    },
     DenyHost,
     DenyPort,
 }
@@ -320,7 +328,12 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(tail);
     }
     if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
+        return Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
     }
     None
 }
@@ -338,7 +351,10 @@ mod tests {
         let a = auth("API.Test.:443").unwrap();
         assert_eq!(a.host, Host::Name("api.test".into()));
         assert_eq!(a.port, 443);
-        assert_eq!(auth("127.0.0.1:8443").unwrap().host.as_ip(), Some([127, 0, 0, 1].into()));
+        assert_eq!(
+            auth("127.0.0.1:8443").unwrap().host.as_ip(),
+            Some([127, 0, 0, 1].into())
+        );
         assert_eq!(auth("[::1]:443").unwrap().to_string(), "[::1]:443");
         assert_eq!(Authority::parse("api.test", Some(80)).unwrap().port, 80);
     }
@@ -346,11 +362,32 @@ mod tests {
     #[test]
     fn refuses_malformed_and_ambiguous_targets() {
         for bad in [
-            "", ":443", "api.test", "api.test:", "api.test:0", "api.test:65536", "api.test:+443",
-            "api.test:0443", "api.test:44 3", "user@api.test:443", "api.test:443@evil.test:443",
-            "api.test/x:443", "api%2etest:443", "::1:443", "[::1", "[::1]x", "[fe80::1%eth0]:443",
-            "2130706433:443", "127.1:443", "0x7f.0.0.1:443", "017.0.0.1:443", "a..b:443",
-            "-a.test:443", "ünï.test:443", "api.test:443\r\nX: y", "*.test:443",
+            "",
+            ":443",
+            "api.test",
+            "api.test:",
+            "api.test:0",
+            "api.test:65536",
+            "api.test:+443",
+            "api.test:0443",
+            "api.test:44 3",
+            "user@api.test:443",
+            "api.test:443@evil.test:443",
+            "api.test/x:443",
+            "api%2etest:443",
+            "::1:443",
+            "[::1",
+            "[::1]x",
+            "[fe80::1%eth0]:443",
+            "2130706433:443",
+            "127.1:443",
+            "0x7f.0.0.1:443",
+            "017.0.0.1:443",
+            "a..b:443",
+            "-a.test:443",
+            "ünï.test:443",
+            "api.test:443\r\nX: y",
+            "*.test:443",
         ] {
             assert!(auth(bad).is_err(), "accepted {bad:?}");
         }
@@ -371,18 +408,39 @@ mod tests {
     #[test]
     fn wildcard_matches_subdomains_only() {
         let p = policy(&[("*.example.com", &[443])]);
-        assert_eq!(p.decide(&auth("a.example.com:443").unwrap()), Decision::Allow { trusted: false });
-        assert_eq!(p.decide(&auth("a.b.example.com:443").unwrap()), Decision::Allow { trusted: false });
-        assert_eq!(p.decide(&auth("example.com:443").unwrap()), Decision::DenyHost);
-        assert_eq!(p.decide(&auth("badexample.com:443").unwrap()), Decision::DenyHost);
-        assert_eq!(p.decide(&auth("a.example.com:80").unwrap()), Decision::DenyPort);
+        assert_eq!(
+            p.decide(&auth("a.example.com:443").unwrap()),
+            Decision::Allow { trusted: false }
+        );
+        assert_eq!(
+            p.decide(&auth("a.b.example.com:443").unwrap()),
+            Decision::Allow { trusted: false }
+        );
+        assert_eq!(
+            p.decide(&auth("example.com:443").unwrap()),
+            Decision::DenyHost
+        );
+        assert_eq!(
+            p.decide(&auth("badexample.com:443").unwrap()),
+            Decision::DenyHost
+        );
+        assert_eq!(
+            p.decide(&auth("a.example.com:80").unwrap()),
+            Decision::DenyPort
+        );
     }
 
     #[test]
     fn ip_and_cidr_rules_are_trusted() {
         let p = policy(&[("10.0.0.0/8", &[443]), ("::1", &[443])]);
-        assert_eq!(p.decide(&auth("10.1.2.3:443").unwrap()), Decision::Allow { trusted: true });
-        assert_eq!(p.decide(&auth("[::1]:443").unwrap()), Decision::Allow { trusted: true });
+        assert_eq!(
+            p.decide(&auth("10.1.2.3:443").unwrap()),
+            Decision::Allow { trusted: true }
+        );
+        assert_eq!(
+            p.decide(&auth("[::1]:443").unwrap()),
+            Decision::Allow { trusted: true }
+        );
         assert_eq!(p.decide(&auth("11.0.0.1:443").unwrap()), Decision::DenyHost);
     }
 
@@ -392,21 +450,43 @@ mod tests {
         assert!(wide.covers(&HostPattern::parse("api.github.com").unwrap()));
         assert!(wide.covers(&HostPattern::parse("*.api.github.com").unwrap()));
         assert!(!wide.covers(&HostPattern::parse("github.com").unwrap()));
-        assert!(HostPattern::parse("10.0.0.0/8").unwrap().covers(&HostPattern::parse("10.2.0.0/16").unwrap()));
+        assert!(HostPattern::parse("10.0.0.0/8")
+            .unwrap()
+            .covers(&HostPattern::parse("10.2.0.0/16").unwrap()));
         assert!(HostPattern::parse("a*.b.com").is_err());
     }
 
     #[test]
     fn private_ranges_including_embedded_v4() {
         for ip in [
-            "127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1",
-            "fd00:ec2::254", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe",
-            "2002:7f00:1::1", "::127.0.0.1",
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "::127.0.0.1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip} should be private");
         }
-        for ip in ["1.1.1.1", "140.82.112.3", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "1.1.1.1",
+            "140.82.112.3",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip} should be public");
         }
     }

@@ -43,9 +43,8 @@ impl Secret {
         if let Some(offset) = trimmed.iter().position(|b| !(0x21..=0x7e).contains(b)) {
             return Err(SecretError::InvalidByte { offset });
         }
-        let text = std::str::from_utf8(trimmed).map_err(|_| SecretError::InvalidByte {
-            offset: 0,
-        })?;
+        let text =
+            std::str::from_utf8(trimmed).map_err(|_| SecretError::InvalidByte { offset: 0 })?;
         Ok(Secret(Arc::from(text)))
     }
 
@@ -58,11 +57,7 @@ impl Secret {
     /// values apart (SPEC §7) without revealing either.
     pub fn sha256_prefix(&self) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
-        digest
-            .iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -103,7 +98,13 @@ mod tests {
 
     #[test]
     fn header_injection_bytes_are_refused() {
-        for bad in [&b"a\rb"[..], b"a\nX-Evil: 1", b"a\0", b"a b", "é".as_bytes()] {
+        for bad in [
+            &b"a\rb"[..],
+            b"a\nX-Evil: 1",
+            b"a\0",
+            b"a b",
+            "é".as_bytes(),
+        ] {
             assert!(Secret::from_bytes(bad).is_err(), "{bad:?}");
         }
     }

@@ -18,8 +18,8 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::app::Shared;
 use crate::audit::InFlight;
-use crate::framing::Watched;
 use crate::config::Limits;
+use crate::framing::Watched;
 use crate::pipeline::{self, Downstream};
 use crate::policy::{Authority, Host};
 
@@ -39,12 +39,20 @@ enum TunnelError {
 }
 
 /// Terminates the agent's TLS and serves the requests inside the tunnel.
-pub async fn tunnel(shared: Arc<Shared>, dest: Authority, client: std::net::SocketAddr, upgraded: Upgraded) {
+pub async fn tunnel(
+    shared: Arc<Shared>,
+    dest: Authority,
+    client: std::net::SocketAddr,
+    upgraded: Upgraded,
+) {
     let snap = shared.store.load();
     let limits = snap.config.limits.clone();
-    let accepted = tokio::time::timeout(limits.tls_handshake_timeout, handshake(&shared, &snap, &dest, upgraded))
-        .await
-        .unwrap_or(Err(TunnelError::Timeout(limits.tls_handshake_timeout)));
+    let accepted = tokio::time::timeout(
+        limits.tls_handshake_timeout,
+        handshake(&shared, &snap, &dest, upgraded),
+    )
+    .await
+    .unwrap_or(Err(TunnelError::Timeout(limits.tls_handshake_timeout)));
     drop(snap);
     let tls = match accepted {
         Ok(tls) => tls,
@@ -69,7 +77,8 @@ async fn handshake(
     dest: &Authority,
     upgraded: Upgraded,
 ) -> Result<tokio_rustls::server::TlsStream<TokioIo<Upgraded>>, TunnelError> {
-    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
     let start = acceptor.await.map_err(TunnelError::NotTls)?;
     if let Some(sni) = start.client_hello().server_name() {
         let matches = matches!(&dest.host, Host::Name(n) if n.eq_ignore_ascii_case(sni.trim_end_matches('.')));
@@ -82,9 +91,17 @@ async fn handshake(
     }
     let config = shared
         .minter
-        .server_config(&snap.ca, snap.ca_generation, &dest.host, snap.config.ca.leaf_validity)
+        .server_config(
+            &snap.ca,
+            snap.ca_generation,
+            &dest.host,
+            snap.config.ca.leaf_validity,
+        )
         .await?;
-    start.into_stream(config).await.map_err(TunnelError::Handshake)
+    start
+        .into_stream(config)
+        .await
+        .map_err(TunnelError::Handshake)
 }
 
 /// Serves HTTP inside a tunnel until it closes, idles out or the process
@@ -107,7 +124,10 @@ where
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .serve_connection(io, service);
-        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| c.graceful_shutdown()).await;
+        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
     } else {
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -116,7 +136,10 @@ where
             .max_buf_size(limits.max_header_bytes.max(8192))
             .serve_connection(io, service)
             .with_upgrades();
-        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| c.graceful_shutdown()).await;
+        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
     }
 }
 

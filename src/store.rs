@@ -54,7 +54,9 @@ impl Snapshot {
         let mut problems = Vec::new();
         let credentials = load_credentials(&config, &mut problems);
         let ca = load_ca(&config, mode, &mut problems);
-        let trust_bundle = ca.as_ref().map(|ca| trust_bundle(ca, &config, &mut problems));
+        let trust_bundle = ca
+            .as_ref()
+            .map(|ca| trust_bundle(ca, &config, &mut problems));
         let upstream = match previous {
             Some(prev) if prev.config.upstream == config.upstream => Some(prev.upstream.clone()),
             _ => Upstream::new(&config.upstream, provider.clone())
@@ -89,7 +91,10 @@ fn load_credentials(config: &Config, problems: &mut Vec<Problem>) -> Vec<Credent
         let key = format!("credential[{i}].source");
         match read_source(&cfg.source) {
             Ok(real) => out.push(Credential::new(cfg, real)),
-            Err(message) => problems.push(Problem::new(key, format!("credential `{}`: {message}", cfg.name))),
+            Err(message) => problems.push(Problem::new(
+                key,
+                format!("credential `{}`: {message}", cfg.name),
+            )),
         }
     }
     out
@@ -100,7 +105,10 @@ fn load_credentials(config: &Config, problems: &mut Vec<Problem>) -> Vec<Credent
 pub fn read_source(source: &Source) -> Result<Secret, String> {
     let bytes = match source {
         Source::File(path) => std::fs::read(path).map_err(|e| {
-            format!("cannot read {}: {e}; create it with the real value (mode 0600)", path.display())
+            format!(
+                "cannot read {}: {e}; create it with the real value (mode 0600)",
+                path.display()
+            )
         })?,
         Source::Env(var) => std::env::var(var)
             .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?
@@ -109,7 +117,11 @@ pub fn read_source(source: &Source) -> Result<Secret, String> {
     Secret::from_bytes(&bytes).map_err(|e| format!("{source}: {e}"))
 }
 
-fn load_ca(config: &Config, mode: BuildMode, problems: &mut Vec<Problem>) -> Option<CertificateAuthority> {
+fn load_ca(
+    config: &Config,
+    mode: BuildMode,
+    problems: &mut Vec<Problem>,
+) -> Option<CertificateAuthority> {
     let cfg = &config.ca;
     let result = match mode {
         BuildMode::Run => CertificateAuthority::load_or_generate(cfg),
@@ -121,14 +133,18 @@ fn load_ca(config: &Config, mode: BuildMode, problems: &mut Vec<Problem>) -> Opt
         }
         BuildMode::Check => CertificateAuthority::load(&cfg.cert, &cfg.key),
     };
-    result.map_err(|e| problems.push(Problem::new("ca", e.to_string()))).ok()
+    result
+        .map_err(|e| problems.push(Problem::new("ca", e.to_string())))
+        .ok()
 }
 
 fn trust_bundle(ca: &CertificateAuthority, config: &Config, problems: &mut Vec<Problem>) -> String {
     let mut bundle = ca.cert_pem().to_owned();
     for (i, path) in config.ca.extra_trust.iter().enumerate() {
         match crate::ca::read_certs(path) {
-            Ok(certs) => certs.iter().for_each(|c| bundle.push_str(&crate::ca::pem_of(c))),
+            Ok(certs) => certs
+                .iter()
+                .for_each(|c| bundle.push_str(&crate::ca::pem_of(c))),
             Err(e) => problems.push(Problem::new(format!("ca.extra_trust[{i}]"), e.to_string())),
         }
     }

@@ -69,9 +69,13 @@ impl Credential {
 enum Form {
     Bare,
     /// `<scheme> <stub>`; the scheme is kept exactly as the agent sent it.
-    Scheme { scheme_len: usize },
+    Scheme {
+        scheme_len: usize,
+    },
     /// `Basic base64(user:<stub>)`; holds the decoded user.
-    Basic { user: Vec<u8> },
+    Basic {
+        user: Vec<u8>,
+    },
 }
 
 /// A request refused because a `require = true` credential's header carried
@@ -99,7 +103,10 @@ pub fn swap_request(
         for name in &cred.headers {
             // Read-only first: `entry` may grow the map, and most requests
             // carry no stub at all.
-            let found = headers.get_all(name).iter().any(|v| find_form(v.as_bytes(), &cred.stub).is_some());
+            let found = headers
+                .get_all(name)
+                .iter()
+                .any(|v| find_form(v.as_bytes(), &cred.stub).is_some());
             if found && replace_all(headers, name, cred) {
                 swapped.push(cred.name.clone());
             }
@@ -154,7 +161,10 @@ fn find_form(value: &[u8], stub: &str) -> Option<Form> {
     }
     let space = value.iter().position(|&b| b == b' ')?;
     let (scheme, rest) = (&value[..space], value[space..].trim_ascii_start());
-    if !scheme.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_') {
+    if !scheme
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    {
         return None;
     }
     if rest == stub {
@@ -206,7 +216,8 @@ pub fn scrub_response(headers: &mut HeaderMap, creds: &[Credential]) -> usize {
             if cred.real_finder.find(value.as_bytes()).is_some() {
                 let text = String::from_utf8_lossy(value.as_bytes())
                     .replace(cred.real.expose(), &cred.stub);
-                *value = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+                *value =
+                    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
                 rewritten += 1;
             }
         }

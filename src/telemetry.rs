@@ -27,7 +27,9 @@ pub fn init(format: Option<LogFormat>) -> WorkerGuard {
         .lossy(false)
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let result = match format {
         LogFormat::Json => builder
             .json()

@@ -103,9 +103,14 @@ impl Dialer {
         if self.allow_private {
             return Ok(answers);
         }
-        let (public, private): (Vec<_>, Vec<_>) = answers.into_iter().partition(|a| !is_private(a.ip()));
+        let (public, private): (Vec<_>, Vec<_>) =
+            answers.into_iter().partition(|a| !is_private(a.ip()));
         if public.is_empty() {
-            let addrs = private.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
+            let addrs = private
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(ConnectError::Private {
                 host: name.clone(),
                 addrs,
@@ -125,7 +130,10 @@ impl Dialer {
                 }
             }
             let (addr, source) = last.unwrap_or_else(|| {
-                (SocketAddr::from(([0, 0, 0, 0], port)), std::io::ErrorKind::NotFound.into())
+                (
+                    SocketAddr::from(([0, 0, 0, 0], port)),
+                    std::io::ErrorKind::NotFound.into(),
+                )
             });
             Err(ConnectError::Tcp {
                 host: host.to_string(),
@@ -153,13 +161,17 @@ pub struct Connector {
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connector").field("dialer", &self.dialer).finish_non_exhaustive()
+        f.debug_struct("Connector")
+            .field("dialer", &self.dialer)
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("dialer", &self.dialer).finish_non_exhaustive()
+        f.debug_struct("Upstream")
+            .field("dialer", &self.dialer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,11 +198,16 @@ impl Connector {
             Some("http") => false,
             _ => return Err(bad()),
         };
-        let host = uri.host().and_then(|h| Host::parse(h).ok()).ok_or_else(bad)?;
+        let host = uri
+            .host()
+            .and_then(|h| Host::parse(h).ok())
+            .ok_or_else(bad)?;
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let tcp = self.dialer.tcp(&host, port).await?;
         if !tls {
-            return Ok(UpstreamStream::Plain { io: TokioIo::new(tcp) });
+            return Ok(UpstreamStream::Plain {
+                io: TokioIo::new(tcp),
+            });
         }
         let name = match &host {
             Host::Name(n) => ServerName::try_from(n.clone()).map_err(|_| bad())?,
@@ -207,7 +224,9 @@ impl Connector {
                 host: host.to_string(),
                 source,
             })?;
-        Ok(UpstreamStream::Tls { io: TokioIo::new(stream) })
+        Ok(UpstreamStream::Tls {
+            io: TokioIo::new(stream),
+        })
     }
 }
 
@@ -246,7 +265,11 @@ impl hyper::rt::Read for UpstreamStream {
 }
 
 impl hyper::rt::Write for UpstreamStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.project() {
             StreamProj::Plain { io } => io.poll_write(cx, buf),
             StreamProj::Tls { io } => io.poll_write(cx, buf),
@@ -295,7 +318,10 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the TLS roots (webpki + `extra_roots`) and both pools.
-    pub fn new(cfg: &config::Upstream, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Upstream, Vec<Problem>> {
+    pub fn new(
+        cfg: &config::Upstream,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Upstream, Vec<Problem>> {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let mut problems = Vec::new();
@@ -365,8 +391,16 @@ impl Upstream {
     }
 
     /// Sends a request to its origin; `req.uri()` must be absolute.
-    pub async fn send(&self, req: Request<Body>, upgrade: bool) -> Result<Response<Incoming>, ProxyError> {
-        let client = if upgrade { &self.upgrades } else { &self.pooled };
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let client = if upgrade {
+            &self.upgrades
+        } else {
+            &self.pooled
+        };
         let host = req.uri().host().unwrap_or("upstream").to_owned();
         client.request(req).await.map_err(|e| classify(&e, &host))
     }
@@ -382,6 +416,11 @@ fn classify(err: &hyper_util::client::legacy::Error, host: &str) -> ProxyError {
         }
         source = e.source();
     }
-    let detail = std::error::Error::source(err).map(|s| s.to_string()).unwrap_or_else(|| err.to_string());
-    ProxyError::new(ErrorKind::UpstreamConnect, format!("upstream {host} failed: {detail}"))
+    let detail = std::error::Error::source(err)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| err.to_string());
+    ProxyError::new(
+        ErrorKind::UpstreamConnect,
+        format!("upstream {host} failed: {detail}"),
+    )
 }

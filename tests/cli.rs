@@ -256,5 +256,9 @@ fn check_reports_a_missing_secret_file_alone() {
     std::fs::write(&path, config).unwrap();
     let output = iron(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code(&output), 1, "{}", text(&output));
-    assert!(text(&output).contains("credential[0].source"), "{}", text(&output));
+    assert!(
+        text(&output).contains("credential[0].source"),
+        "{}",
+        text(&output)
+    );
 }

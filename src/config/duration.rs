@@ -5,7 +5,9 @@ use std::time::Duration;
 /// Parses a positive duration; the error says what form is expected.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("`{s}` is not a duration ({e}); write it like \"250ms\", \"10s\", \"5m\" or \"24h\"")
+        format!(
+            "`{s}` is not a duration ({e}); write it like \"250ms\", \"10s\", \"5m\" or \"24h\""
+        )
     })?;
     if d.is_zero() {
         return Err(format!("`{s}` must be greater than zero"));

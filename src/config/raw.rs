@@ -161,13 +161,21 @@ impl Ctx<'_> {
                 })
                 .collect(),
             Some(_) => {
-                self.push(key, format!("must be an array of tables, written [[{key}]]"));
+                self.push(
+                    key,
+                    format!("must be an array of tables, written [[{key}]]"),
+                );
                 Vec::new()
             }
         }
     }
 
-    fn duration(&mut self, key: &str, raw: Option<String>, default: std::time::Duration) -> std::time::Duration {
+    fn duration(
+        &mut self,
+        key: &str,
+        raw: Option<String>,
+        default: std::time::Duration,
+    ) -> std::time::Duration {
         match raw {
             None => default,
             Some(s) => duration::parse(&s).unwrap_or_else(|m| {
@@ -180,7 +188,10 @@ impl Ctx<'_> {
     fn addr(&mut self, key: &str, raw: Option<String>, default: &str) -> SocketAddr {
         let text = raw.unwrap_or_else(|| default.to_owned());
         text.parse().unwrap_or_else(|_| {
-            self.push(key, format!("`{text}` is not an address like \"127.0.0.1:8080\""));
+            self.push(
+                key,
+                format!("`{text}` is not an address like \"127.0.0.1:8080\""),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -199,13 +210,19 @@ pub(super) fn parse(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Opt
     let table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => {
-            problems.push(Problem::new("(syntax)", e.to_string().trim().replace('\n', " ")));
+            problems.push(Problem::new(
+                "(syntax)",
+                e.to_string().trim().replace('\n', " "),
+            ));
             return None;
         }
     };
     let mut cx = Ctx { problems };
     for key in table.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
-        cx.push(key.clone(), format!("unknown section; expected one of: {}", SECTIONS.join(", ")));
+        cx.push(
+            key.clone(),
+            format!("unknown section; expected one of: {}", SECTIONS.join(", ")),
+        );
     }
     let raw_listen = cx.section(&table, "listen");
     let listen = listen(&mut cx, raw_listen);
@@ -263,7 +280,10 @@ fn ca(cx: &mut Ctx<'_>, raw: RawCa) -> Ca {
         std::time::Duration::from_secs(24 * 3600),
     );
     if leaf_validity < std::time::Duration::from_secs(60) {
-        cx.push("ca.leaf_validity", "must be at least 1m: leaves are cached for half of it");
+        cx.push(
+            "ca.leaf_validity",
+            "must be at least 1m: leaves are cached for half of it",
+        );
     }
     Ca {
         cert: raw.cert.unwrap_or_else(|| PathBuf::from("certs/ca.crt")),
@@ -311,12 +331,34 @@ fn upstream(cx: &mut Ctx<'_>, raw: RawUpstream) -> Upstream {
 fn limits(cx: &mut Ctx<'_>, raw: RawLimits) -> Limits {
     let d = Limits::default();
     Limits {
-        max_connections: cx.positive("limits.max_connections", raw.max_connections, d.max_connections, 1),
-        max_header_bytes: cx.positive("limits.max_header_bytes", raw.max_header_bytes, d.max_header_bytes, 1024),
+        max_connections: cx.positive(
+            "limits.max_connections",
+            raw.max_connections,
+            d.max_connections,
+            1,
+        ),
+        max_header_bytes: cx.positive(
+            "limits.max_header_bytes",
+            raw.max_header_bytes,
+            d.max_header_bytes,
+            1024,
+        ),
         max_headers: cx.positive("limits.max_headers", raw.max_headers, d.max_headers, 8),
-        connect_line_timeout: cx.duration("limits.connect_line_timeout", raw.connect_line_timeout, d.connect_line_timeout),
-        tls_handshake_timeout: cx.duration("limits.tls_handshake_timeout", raw.tls_handshake_timeout, d.tls_handshake_timeout),
-        header_read_timeout: cx.duration("limits.header_read_timeout", raw.header_read_timeout, d.header_read_timeout),
+        connect_line_timeout: cx.duration(
+            "limits.connect_line_timeout",
+            raw.connect_line_timeout,
+            d.connect_line_timeout,
+        ),
+        tls_handshake_timeout: cx.duration(
+            "limits.tls_handshake_timeout",
+            raw.tls_handshake_timeout,
+            d.tls_handshake_timeout,
+        ),
+        header_read_timeout: cx.duration(
+            "limits.header_read_timeout",
+            raw.header_read_timeout,
+            d.header_read_timeout,
+        ),
         idle_timeout: cx.duration("limits.idle_timeout", raw.idle_timeout, d.idle_timeout),
     }
 }
@@ -327,7 +369,10 @@ fn allow_rule(cx: &mut Ctx<'_>, i: usize, raw: RawAllow) -> Option<AllowRule> {
         .ok()?;
     let ports = raw.ports.unwrap_or_else(|| vec![443, 80]);
     if ports.is_empty() || ports.contains(&0) {
-        cx.push(format!("allow[{i}].ports"), "list one or more ports from 1 to 65535");
+        cx.push(
+            format!("allow[{i}].ports"),
+            "list one or more ports from 1 to 65535",
+        );
         return None;
     }
     Some(AllowRule { pattern, ports })
@@ -341,18 +386,27 @@ fn credential(cx: &mut Ctx<'_>, i: usize, raw: RawCredential) -> Option<Credenti
     if raw.stub.is_empty() {
         cx.push(at("stub"), "must not be empty");
     } else if !raw.stub.bytes().all(|b| b.is_ascii_graphic()) {
-        cx.push(at("stub"), "must be visible ASCII with no spaces (it travels in a header)");
+        cx.push(
+            at("stub"),
+            "must be visible ASCII with no spaces (it travels in a header)",
+        );
     }
     let source = match (raw.source.file, raw.source.env) {
         (Some(f), None) => Some(Source::File(f)),
         (None, Some(e)) if !e.is_empty() => Some(Source::Env(e)),
         _ => {
-            cx.push(at("source"), "set exactly one of `file = \"PATH\"` or `env = \"VAR\"`");
+            cx.push(
+                at("source"),
+                "set exactly one of `file = \"PATH\"` or `env = \"VAR\"`",
+            );
             None
         }
     };
     if raw.hosts.is_empty() {
-        cx.push(at("hosts"), "list at least one host the credential is bound to");
+        cx.push(
+            at("hosts"),
+            "list at least one host the credential is bound to",
+        );
     }
     let hosts: Vec<HostPattern> = raw
         .hosts
@@ -364,16 +418,26 @@ fn credential(cx: &mut Ctx<'_>, i: usize, raw: RawCredential) -> Option<Credenti
                 .ok()
         })
         .collect();
-    let header_names = raw.headers.unwrap_or_else(|| vec!["authorization".to_owned()]);
+    let header_names = raw
+        .headers
+        .unwrap_or_else(|| vec!["authorization".to_owned()]);
     if header_names.is_empty() {
-        cx.push(at("headers"), "list at least one header, e.g. [\"authorization\"]");
+        cx.push(
+            at("headers"),
+            "list at least one header, e.g. [\"authorization\"]",
+        );
     }
     let headers: Vec<HeaderName> = header_names
         .iter()
         .enumerate()
         .filter_map(|(k, h)| {
             HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                .map_err(|_| cx.push(format!("credential[{i}].headers[{k}]"), format!("`{h}` is not a header name")))
+                .map_err(|_| {
+                    cx.push(
+                        format!("credential[{i}].headers[{k}]"),
+                        format!("`{h}` is not a header name"),
+                    )
+                })
                 .ok()
         })
         .collect();
@@ -394,7 +458,10 @@ fn oauth_refresh(cx: &mut Ctx<'_>, i: usize, raw: RawOAuthRefresh) -> Option<OAu
     let token_url = match raw.token_url.parse::<http::Uri>() {
         Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => u,
         _ => {
-            cx.push(format!("oauth_refresh[{i}].token_url"), "must be an https:// URL");
+            cx.push(
+                format!("oauth_refresh[{i}].token_url"),
+                "must be an https:// URL",
+            );
             return None;
         }
     };

@@ -34,7 +34,8 @@ fn problems(extra: &str) -> Vec<String> {
 fn assert_problem(extra: &str, key: &str, needle: &str) {
     let ps = problems(extra);
     assert!(
-        ps.iter().any(|p| p.starts_with(&format!("{key}: ")) && p.contains(needle)),
+        ps.iter()
+            .any(|p| p.starts_with(&format!("{key}: ")) && p.contains(needle)),
         "expected `{key}` ~ `{needle}` in {ps:#?}"
     );
 }
@@ -56,10 +57,18 @@ fn minimal_config_gets_spec_defaults() {
 
 #[test]
 fn unknown_keys_are_errors_with_their_path() {
-    assert_problem("[limits]\nmax_conections = 3\n", "limits.max_conections", "unknown field");
+    assert_problem(
+        "[limits]\nmax_conections = 3\n",
+        "limits.max_conections",
+        "unknown field",
+    );
     assert_problem("[bogus]\n", "bogus", "unknown section");
     let ps = problems("[[credential]]\nname = \"b\"\nstub = \"b-stub\"\nsource = { file = \"x\" }\nhosts = [\"api.test\"]\nhots = 1\n");
-    assert!(ps.iter().any(|p| p.starts_with("credential[1]") && p.contains("hots")), "{ps:?}");
+    assert!(
+        ps.iter()
+            .any(|p| p.starts_with("credential[1]") && p.contains("hots")),
+        "{ps:?}"
+    );
 }
 
 #[test]
@@ -118,16 +127,32 @@ fn every_problem_is_reported_not_just_the_first() {
         "[limits]\nidle_timeout = \"soon\"\n[upstream]\nresolve = { \"a.test\" = \"nope\" }\n\
          [[credential]]\nname = \"access\"\nstub = \"\"\nsource = { env = \"X\" }\nhosts = [\"evil.test\"]\n",
     );
-    for key in ["limits.idle_timeout", "upstream.resolve", "credential[1].name", "credential[1].stub", "credential[1].hosts[0]"] {
-        assert!(ps.iter().any(|p| p.starts_with(key)), "missing {key} in {ps:#?}");
+    for key in [
+        "limits.idle_timeout",
+        "upstream.resolve",
+        "credential[1].name",
+        "credential[1].stub",
+        "credential[1].hosts[0]",
+    ] {
+        assert!(
+            ps.iter().any(|p| p.starts_with(key)),
+            "missing {key} in {ps:#?}"
+        );
     }
 }
 
 #[test]
 fn durations_use_spec_syntax() {
-    let c = parse(&format!("{BASE}[limits]\nconnect_line_timeout = \"250ms\"\n")).unwrap();
+    let c = parse(&format!(
+        "{BASE}[limits]\nconnect_line_timeout = \"250ms\"\n"
+    ))
+    .unwrap();
     assert_eq!(c.limits.connect_line_timeout, Duration::from_millis(250));
-    assert_problem("[limits]\nidle_timeout = \"90\"\n", "limits.idle_timeout", "not a duration");
+    assert_problem(
+        "[limits]\nidle_timeout = \"90\"\n",
+        "limits.idle_timeout",
+        "not a duration",
+    );
 }
 
 #[test]
@@ -151,8 +176,16 @@ fn hop_by_hop_headers_cannot_carry_credentials() {
 #[test]
 fn allow_rules_are_validated() {
     assert_problem("[[allow]]\nhost = \"a*.test\"\n", "allow[2].host", "`*`");
-    assert_problem("[[allow]]\nhost = \"x.test\"\nports = []\n", "allow[2].ports", "one or more");
-    assert_problem("[[allow]]\nhost = \"10.0.0.0/33\"\n", "allow[2].host", "CIDR");
+    assert_problem(
+        "[[allow]]\nhost = \"x.test\"\nports = []\n",
+        "allow[2].ports",
+        "one or more",
+    );
+    assert_problem(
+        "[[allow]]\nhost = \"10.0.0.0/33\"\n",
+        "allow[2].host",
+        "CIDR",
+    );
 }
 
 #[test]

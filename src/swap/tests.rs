@@ -21,15 +21,30 @@ fn host(h: &str) -> Host {
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut m = HeaderMap::new();
     for (k, v) in pairs {
-        m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        m.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     m
 }
 
 fn creds() -> Vec<Credential> {
     vec![
-        cred("access", "access-token-stub", "sk-real-access", "api.test", "authorization"),
-        cred("pat", "github-token-stub", "ghp-real-pat", "github.test", "authorization"),
+        cred(
+            "access",
+            "access-token-stub",
+            "sk-real-access",
+            "api.test",
+            "authorization",
+        ),
+        cred(
+            "pat",
+            "github-token-stub",
+            "ghp-real-pat",
+            "github.test",
+            "authorization",
+        ),
         cred("key", "key-stub", "real-key", "api.test", "x-api-key"),
     ]
 }
@@ -45,11 +60,17 @@ fn bearer_token_and_bare_forms_are_swapped() {
     let (h, n) = swapped(&[("authorization", "Bearer access-token-stub")], "api.test");
     assert_eq!(h["authorization"], "Bearer sk-real-access");
     assert_eq!(&*n[0], "access");
-    let (h, _) = swapped(&[("authorization", "token github-token-stub")], "github.test");
+    let (h, _) = swapped(
+        &[("authorization", "token github-token-stub")],
+        "github.test",
+    );
     assert_eq!(h["authorization"], "token ghp-real-pat");
     let (h, _) = swapped(&[("x-api-key", "key-stub")], "api.test");
     assert_eq!(h["x-api-key"], "real-key");
-    let (h, _) = swapped(&[("authorization", "bearer   access-token-stub ")], "api.test");
+    let (h, _) = swapped(
+        &[("authorization", "bearer   access-token-stub ")],
+        "api.test",
+    );
     assert_eq!(h["authorization"], "bearer sk-real-access");
 }
 
@@ -65,14 +86,21 @@ fn basic_password_is_decoded_swapped_and_reencoded() {
 
 #[test]
 fn stub_toward_unbound_host_is_left_alone() {
-    let (h, n) = swapped(&[("authorization", "Bearer access-token-stub")], "github.test");
+    let (h, n) = swapped(
+        &[("authorization", "Bearer access-token-stub")],
+        "github.test",
+    );
     assert_eq!(h["authorization"], "Bearer access-token-stub");
     assert!(n.is_empty());
 }
 
 #[test]
 fn substrings_and_other_headers_are_not_swapped() {
-    for v in ["Bearer xaccess-token-stub", "Bearer access-token-stubx", "Bearer access-token-stub extra"] {
+    for v in [
+        "Bearer xaccess-token-stub",
+        "Bearer access-token-stubx",
+        "Bearer access-token-stub extra",
+    ] {
         let (h, n) = swapped(&[("authorization", v)], "api.test");
         assert_eq!(h["authorization"], v);
         assert!(n.is_empty());
@@ -84,7 +112,10 @@ fn substrings_and_other_headers_are_not_swapped() {
 
 #[test]
 fn every_value_of_a_repeated_header_is_swapped() {
-    let (h, _) = swapped(&[("x-api-key", "key-stub"), ("x-api-key", "key-stub")], "api.test");
+    let (h, _) = swapped(
+        &[("x-api-key", "key-stub"), ("x-api-key", "key-stub")],
+        "api.test",
+    );
     let all: Vec<_> = h.get_all("x-api-key").iter().collect();
     assert_eq!(all, ["real-key", "real-key"]);
 }
@@ -93,7 +124,9 @@ fn every_value_of_a_repeated_header_is_swapped() {
 fn plaintext_swaps_only_when_allowed() {
     let mut cs = creds();
     let mut h = headers(&[("authorization", "Bearer access-token-stub")]);
-    assert!(swap_request(&mut h, &cs, &host("api.test"), true).unwrap().is_empty());
+    assert!(swap_request(&mut h, &cs, &host("api.test"), true)
+        .unwrap()
+        .is_empty());
     assert_eq!(h["authorization"], "Bearer access-token-stub");
     cs[0].allow_plaintext = true;
     swap_request(&mut h, &cs, &host("api.test"), true).unwrap();
@@ -116,7 +149,10 @@ fn require_refuses_foreign_values_but_passes_absent_header() {
 
 #[test]
 fn response_echo_is_scrubbed_back_to_stub() {
-    let mut h = headers(&[("x-echo", "saw Bearer sk-real-access here"), ("x-ok", "fine")]);
+    let mut h = headers(&[
+        ("x-echo", "saw Bearer sk-real-access here"),
+        ("x-ok", "fine"),
+    ]);
     assert_eq!(scrub_response(&mut h, &creds()), 1);
     assert_eq!(h["x-echo"], "saw Bearer access-token-stub here");
     assert_eq!(h["x-ok"], "fine");

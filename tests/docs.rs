@@ -1,0 +1,118 @@
+//! Keeps README.md and docs/ honest: every TOML block is parsed (and
+//! validated) by the real config parser, and every `iron-proxy …` command
+//! line (also as `cargo run --release -- …`) by the real CLI parser.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use iron_proxy::cli::Cli;
+use iron_proxy::config::Config;
+
+fn markdown_files() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// (language, first line number, body) of each fenced block.
+fn fenced_blocks(text: &str) -> Vec<(String, usize, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        match (&mut open, line.trim_start().strip_prefix("```")) {
+            (None, Some(lang)) => open = Some((lang.trim().to_owned(), n + 2, String::new())),
+            (Some(_), Some(_)) => blocks.extend(open.take()),
+            (Some((_, _, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_toml_block_is_a_valid_config() {
+    let mut checked = 0;
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (lang, line, body) in fenced_blocks(&text) {
+            if lang != "toml" {
+                continue;
+            }
+            if let Err(e) = Config::parse(&body, &file) {
+                panic!(
+                    "{}:{line}: TOML block does not validate:\n{e}",
+                    file.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "expected the docs to show configs, found {checked}"
+    );
+}
+
+#[test]
+fn the_shipped_config_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Config::load(&root.join("config/iron-proxy.toml")).unwrap();
+}
+
+fn command_lines(body: &str) -> Vec<Vec<String>> {
+    body.lines()
+        .map(|l| l.trim().trim_start_matches("$ "))
+        .filter_map(|l| {
+            let rest = l
+                .strip_prefix("iron-proxy ")
+                .or_else(|| l.strip_prefix("cargo run --release -- "))?;
+            let mut args = vec!["iron-proxy".to_owned()];
+            args.extend(shlex::split(rest).unwrap_or_else(|| panic!("cannot split `{l}`")));
+            Some(args)
+        })
+        .collect()
+}
+
+#[test]
+fn every_command_line_parses() {
+    let mut checked = 0;
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (lang, line, body) in fenced_blocks(&text) {
+            if !matches!(lang.as_str(), "sh" | "console" | "bash" | "shell") {
+                continue;
+            }
+            for args in command_lines(&body) {
+                if let Err(e) = Cli::try_parse_from(&args) {
+                    panic!(
+                        "{}:{line}: `{}` does not parse:\n{e}",
+                        file.display(),
+                        args.join(" ")
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 4,
+        "expected command lines in the docs, found {checked}"
+    );
+}
