@@ -86,6 +86,7 @@ async fn handle(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.connect_line_timeout)
         .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

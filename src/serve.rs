@@ -133,6 +133,7 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_bytes)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .serve_connection(io, service)
             .with_upgrades();

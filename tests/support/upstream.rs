@@ -24,7 +24,14 @@ use super::routes;
 use super::tls::{TestCa, ALPN_BOTH, ALPN_H1, ALPN_H2};
 
 /// Names on the upstream's certificate.
-pub const UPSTREAM_NAMES: &[&str] = &["api.test", "other.test", "*.wild.test", "127.0.0.1"];
+/// `localhost` serves the private-address guard tests (`allow_private`).
+pub const UPSTREAM_NAMES: &[&str] = &[
+    "api.test",
+    "other.test",
+    "*.wild.test",
+    "127.0.0.1",
+    "localhost",
+];
 
 /// Which protocols the upstream offers (ALPN) and speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
