@@ -74,6 +74,14 @@ impl fmt::Debug for Minter {
 
 impl Minter {
     pub fn new(provider: Arc<CryptoProvider>) -> Result<Minter, MintError> {
+        Minter::with_capacity(provider, CACHE_CAPACITY)
+    }
+
+    /// A minter caching at most about `capacity` hosts.
+    pub fn with_capacity(
+        provider: Arc<CryptoProvider>,
+        capacity: usize,
+    ) -> Result<Minter, MintError> {
         let err = |detail: String| MintError::Sign {
             host: "(leaf key)".into(),
             detail,
@@ -88,7 +96,7 @@ impl Minter {
             provider,
             leaf_key,
             signing_key,
-            cache: quick_cache::sync::Cache::new(CACHE_CAPACITY),
+            cache: quick_cache::sync::Cache::new(capacity),
             stats: MintStats::default(),
         })
     }
@@ -249,6 +257,21 @@ mod tests {
         assert_eq!(m.stats.mints.load(Ordering::Relaxed), 1);
     }
 
+    #[tokio::test]
+    async fn cache_is_bounded() {
+        let m =
+            Minter::with_capacity(Arc::new(rustls::crypto::ring::default_provider()), 8).unwrap();
+        let ca = ca();
+        for i in 0..100 {
+            let h = Host::Name(format!("h{i}.test"));
+            m.server_config(&ca, 1, &h, Duration::from_secs(3600))
+                .await
+                .unwrap();
+        }
+        assert!(m.cache.len() <= 8, "cache grew to {}", m.cache.len());
+        assert_eq!(m.stats.mints.load(Ordering::Relaxed), 100);
+    }
+
     #[test]
     fn leaf_has_san_eku_and_backdated_validity() {
         let ca = ca();
@@ -263,6 +286,15 @@ mod tests {
         let san = x.subject_alternative_name().unwrap().unwrap();
         assert_eq!(san.value.general_names.len(), 1);
         assert!(x.extended_key_usage().unwrap().unwrap().value.server_auth);
+        // ECDSA P-256: id-ecPublicKey with the prime256v1 curve, signed ecdsa-with-SHA256.
+        let spki = &x.tbs_certificate.subject_pki.algorithm;
+        assert_eq!(spki.algorithm.to_id_string(), "1.2.840.10045.2.1");
+        let curve = spki.parameters.as_ref().unwrap().as_oid().unwrap();
+        assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7");
+        assert_eq!(
+            x.signature_algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.4.3.2"
+        );
         assert!(
             x.validity().not_before.timestamp() < OffsetDateTime::now_utc().unix_timestamp() - 3000
         );
