@@ -215,16 +215,8 @@ async fn sse_events_arrive_one_by_one() {
 async fn websocket_echo(alpn: UpstreamOpts) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let upstream = start_upstream(alpn).await;
-    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
-    let tls = tls_through(
-        proxy.proxy_addr,
-        "api.test",
-        upstream.port,
-        &proxy.ca_pem,
-        ALPN_H1,
-    )
-    .await;
+    let (upstream, proxy) = api_proxy(alpn).await;
+    let tls = proxy.tls_to("api.test", upstream.port, ALPN_H1).await;
     let url = format!("wss://api.test:{}/ws", upstream.port);
     let (mut ws, _) = within("ws handshake", tokio_tungstenite::client_async(url, tls))
         .await
@@ -310,8 +302,7 @@ async fn absolute_form_plain_http_follows_policy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hop_by_hop_headers_do_not_reach_upstream() {
     // h1 upstream: an h2 upstream could not carry connection headers anyway.
-    let upstream = start_upstream(UpstreamOpts::h1_only()).await;
-    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
+    let (upstream, proxy) = api_proxy(UpstreamOpts::h1_only()).await;
     let mut client = h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await;
     let request = req("GET", &api(&upstream), "/echo")
         .header("connection", "x-foo")

@@ -64,18 +64,10 @@ async fn smuggling_shapes_on_the_plain_port_are_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn smuggling_shapes_inside_a_tunnel_are_400() {
-    let upstream = start_upstream(UpstreamOpts::default()).await;
-    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
+    let (upstream, proxy) = api_proxy(UpstreamOpts::default()).await;
     let authority = format!("api.test:{}", upstream.port);
     for (what, rest) in SHAPES {
-        let tls = tls_through(
-            proxy.proxy_addr,
-            "api.test",
-            upstream.port,
-            &proxy.ca_pem,
-            ALPN_H1,
-        )
-        .await;
+        let tls = proxy.tls_to("api.test", upstream.port, ALPN_H1).await;
         let raw = format!("POST /echo HTTP/1.1\r\nHost: {authority}\r\n{rest}");
         let reply = raw_over(tls, raw.as_bytes()).await;
         assert_refused(what, "tunnel", &reply, &upstream);
@@ -84,16 +76,8 @@ async fn smuggling_shapes_inside_a_tunnel_are_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ambiguous_framing_carries_the_error_header() {
-    let upstream = start_upstream(UpstreamOpts::default()).await;
-    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
-    let tls = tls_through(
-        proxy.proxy_addr,
-        "api.test",
-        upstream.port,
-        &proxy.ca_pem,
-        ALPN_H1,
-    )
-    .await;
+    let (upstream, proxy) = api_proxy(UpstreamOpts::default()).await;
+    let tls = proxy.tls_to("api.test", upstream.port, ALPN_H1).await;
     let raw = format!(
         "POST /echo HTTP/1.1\r\nHost: api.test:{}\r\n{}",
         upstream.port, SHAPES[0].1
@@ -108,16 +92,8 @@ async fn ambiguous_framing_carries_the_error_header() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_looks_like_headers_is_just_a_body() {
-    let upstream = start_upstream(UpstreamOpts::default()).await;
-    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
-    let tls = tls_through(
-        proxy.proxy_addr,
-        "api.test",
-        upstream.port,
-        &proxy.ca_pem,
-        ALPN_H1,
-    )
-    .await;
+    let (upstream, proxy) = api_proxy(UpstreamOpts::default()).await;
+    let tls = proxy.tls_to("api.test", upstream.port, ALPN_H1).await;
     let body = "Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
     let raw = format!(
         "POST /echo HTTP/1.1\r\nHost: api.test:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -83,14 +83,7 @@ async fn send_both(
         head(&start, &plain_host, extra).as_bytes(),
     )
     .await;
-    let stream = tls_through(
-        proxy.proxy_addr,
-        "api.test",
-        tls.port,
-        &proxy.ca_pem,
-        ALPN_H1,
-    )
-    .await;
+    let stream = proxy.tls_to("api.test", tls.port, ALPN_H1).await;
     let api_host = format!("api.test:{}", tls.port);
     let in_tunnel = raw_over(
         stream,
@@ -242,14 +235,7 @@ async fn tunnel_without_tls_handshake_is_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn half_a_request_head_in_a_tunnel_is_closed() {
     let (tls, _plain, proxy) = setup("header_read_timeout = \"300ms\"").await;
-    let mut stream = tls_through(
-        proxy.proxy_addr,
-        "api.test",
-        tls.port,
-        &proxy.ca_pem,
-        ALPN_H1,
-    )
-    .await;
+    let mut stream = proxy.tls_to("api.test", tls.port, ALPN_H1).await;
     let half = format!(
         "GET /echo HTTP/1.1\r\nHost: api.test:{}\r\nx-half: ",
         tls.port
@@ -273,14 +259,7 @@ async fn idle_h2_and_h1_tunnels_are_closed() {
     let authority = format!("api.test:{}", tls.port);
 
     // h2: the client connection future ends when the proxy closes.
-    let stream = tls_through(
-        proxy.proxy_addr,
-        "api.test",
-        tls.port,
-        &proxy.ca_pem,
-        ALPN_H2,
-    )
-    .await;
+    let stream = proxy.tls_to("api.test", tls.port, ALPN_H2).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(stream));
     let (sender, conn) = within("h2 handshake", handshake).await.unwrap();
@@ -294,14 +273,7 @@ async fn idle_h2_and_h1_tunnels_are_closed() {
     );
 
     // h1: a read on the TLS stream returns EOF.
-    let mut stream = tls_through(
-        proxy.proxy_addr,
-        "api.test",
-        tls.port,
-        &proxy.ca_pem,
-        ALPN_H1,
-    )
-    .await;
+    let mut stream = proxy.tls_to("api.test", tls.port, ALPN_H1).await;
     let request = format!("GET /echo HTTP/1.1\r\nHost: {authority}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let reply = read_head(&mut stream).await;
@@ -350,16 +322,7 @@ async fn connections_over_max_connections_get_503() {
     let (tls, _plain, proxy) = setup("max_connections = 2").await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(
-            tls_through(
-                proxy.proxy_addr,
-                "api.test",
-                tls.port,
-                &proxy.ca_pem,
-                ALPN_H1,
-            )
-            .await,
-        );
+        held.push(proxy.tls_to("api.test", tls.port, ALPN_H1).await);
     }
 
     let mut third = TcpStream::connect(proxy.proxy_addr).await.unwrap();

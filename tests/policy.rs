@@ -25,7 +25,7 @@ async fn setup(configure: impl FnOnce(ProxyConfig, u16) -> ProxyConfig) -> (Upst
 
 /// TLS through a tunnel to `host:port`, then `GET /echo`; the status.
 async fn echo_through(proxy: &ProxyHandle, host: &str, port: u16) -> u16 {
-    let tls = tls_through(proxy.proxy_addr, host, port, &proxy.ca_pem, ALPN_H1).await;
+    let tls = proxy.tls_to(host, port, ALPN_H1).await;
     let authority = format!("{host}:{port}");
     let reply = client_over(tls).await.send(get(&authority, "/echo")).await;
     assert_eq!(reply.status, 200, "{authority}: {}", reply.text());
@@ -195,7 +195,7 @@ async fn tunnel_requests_must_name_the_connect_host_once() {
         ),
     ];
     for (hosts, status, kind) in cases {
-        let tls = tls_through(proxy.proxy_addr, "api.test", p, &proxy.ca_pem, ALPN_H1).await;
+        let tls = proxy.tls_to("api.test", p, ALPN_H1).await;
         let raw = format!("GET /echo HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n");
         let (head, body) = parse_response(&raw_over(tls, raw.as_bytes()).await);
         assert_eq!(head.status, status, "{hosts:?}: {body}");
@@ -209,7 +209,7 @@ async fn tunnel_requests_must_name_the_connect_host_once() {
 
 /// The DER of the leaf presented inside a tunnel to `host:port`.
 async fn leaf(proxy: &ProxyHandle, host: &str, port: u16) -> Vec<u8> {
-    let tls = tls_through(proxy.proxy_addr, host, port, &proxy.ca_pem, ALPN_H1).await;
+    let tls = proxy.tls_to(host, port, ALPN_H1).await;
     let chain = tls
         .get_ref()
         .1

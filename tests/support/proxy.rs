@@ -308,6 +308,16 @@ fn listening_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 // === impl ProxyHandle ===
 
 impl ProxyHandle {
+    /// CONNECT through this proxy and complete TLS trusting its CA.
+    pub async fn tls_to(
+        &self,
+        host: &str,
+        port: u16,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        super::tls_through(self.proxy_addr, host, port, &self.ca_pem, alpn).await
+    }
+
     pub fn all_logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
@@ -368,4 +378,12 @@ impl Drop for ProxyHandle {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The common case: one upstream and a proxy that allows only `api.test` on
+/// its port.
+pub async fn api_proxy(opts: super::UpstreamOpts) -> (super::Upstream, ProxyHandle) {
+    let upstream = super::start_upstream(opts).await;
+    let proxy = start_proxy(ProxyConfig::new(&upstream).allow("api.test", &[upstream.port])).await;
+    (upstream, proxy)
 }
