@@ -25,7 +25,8 @@ fn credential(name: &str, stub: &str, real: &str, header: &str) -> Credential {
         allow_plaintext: false,
         require: false,
     };
-    Credential::new(&cfg, Secret::from_bytes(real.as_bytes()).unwrap())
+    let swaps = iron_proxy::metrics::Metrics::new().swap_counter(name);
+    Credential::new(&cfg, Secret::from_bytes(real.as_bytes()).unwrap(), swaps)
 }
 
 fn credentials() -> Vec<Credential> {

@@ -1,14 +1,14 @@
 //! Wiring: config → first snapshot → listeners → drain.
 //!
-//! Owns: the process-wide `Shared` state (store, leaf minter, crypto
-//! provider, shutdown token, task tracker), binding both ports after the
-//! whole configuration is known to be valid, and `reload` (SIGHUP): build a
-//! new snapshot from the files, publish it, or change nothing and say why.
+//! Owns: the process-wide `Shared` state (store, leaf minter, metrics, the
+//! reload handle, crypto provider, shutdown tokens, task tracker), binding
+//! both ports only after the whole configuration is known to be valid, and
+//! the order of shutdown: stop accepting, drain (bounded), then stop the
+//! admin port, which reports not-ready while draining.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
@@ -16,16 +16,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, Problem};
-use crate::mint::{MintError, Minter};
-use crate::store::{BuildMode, Snapshot, Store};
+use crate::metrics::Metrics;
+use crate::mint::{MintError, MintStats, Minter};
+use crate::reload;
+use crate::store::{BuildContext, BuildMode, Snapshot, Store};
 
 /// State every connection task shares.
 #[derive(Debug)]
 pub struct Shared {
     pub store: Store,
     pub minter: Minter,
+    pub metrics: Arc<Metrics>,
+    pub reload: reload::Handle,
     pub provider: Arc<CryptoProvider>,
+    /// Cancelled on SIGTERM/SIGINT: stop accepting, finish in-flight work.
     pub shutdown: CancellationToken,
+    /// Cancelled once draining is over: the admin port closes last.
+    pub stopped: CancellationToken,
+    /// Downstream connections and tunnels, waited for when draining.
     pub tasks: TaskTracker,
 }
 
@@ -52,33 +60,32 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Loads a config file and builds the snapshot it describes.
-pub fn build(
-    path: &std::path::Path,
-    previous: Option<&Snapshot>,
-    mode: BuildMode,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Snapshot, AppError> {
-    let config = Config::load(path)?;
-    Snapshot::build(config, previous, mode, provider).map_err(|problems| AppError::Invalid {
-        path: path.to_owned(),
-        problems,
-    })
-}
-
 /// A bound, not yet serving, proxy.
 #[derive(Debug)]
 pub struct App {
     shared: Arc<Shared>,
+    reload_rx: reload::Receiver,
     proxy: TcpListener,
     admin: TcpListener,
 }
 
 impl App {
     /// Validates everything, then binds: a bad config never opens a port.
-    pub async fn start(config_path: &std::path::Path) -> Result<App, AppError> {
+    pub async fn start(config_path: &Path) -> Result<App, AppError> {
         let provider = provider();
-        let snapshot = build(config_path, None, BuildMode::Run, &provider)?;
+        let metrics = Arc::new(Metrics::new());
+        let config = Config::load(config_path)?;
+        let cx = BuildContext {
+            provider: &provider,
+            metrics: &metrics,
+            mode: BuildMode::Run,
+        };
+        let snapshot = Snapshot::build(config, None, cx).map_err(|problems| AppError::Invalid {
+            path: config_path.to_owned(),
+            problems,
+        })?;
+        metrics.generation.set(1);
+        metrics.ca_generation.set(1);
         let listen = snapshot.config.listen.clone();
         let bind = |key, addr| async move {
             TcpListener::bind(addr)
@@ -87,15 +94,20 @@ impl App {
         };
         let proxy = bind("listen.proxy", listen.proxy).await?;
         let admin = bind("listen.admin", listen.admin).await?;
+        let (reload, reload_rx) = reload::channel();
         let shared = Arc::new(Shared {
             store: Store::new(snapshot),
-            minter: Minter::new(provider.clone())?,
+            minter: Minter::new(provider.clone(), MintStats::from_metrics(&metrics))?,
+            metrics,
+            reload,
             provider,
             shutdown: CancellationToken::new(),
+            stopped: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         Ok(App {
             shared,
+            reload_rx,
             proxy,
             admin,
         })
@@ -106,62 +118,35 @@ impl App {
     }
 
     /// Serves until `shared.shutdown` is cancelled; then waits up to
-    /// `drain` for in-flight work.
-    pub async fn serve(self, drain: Duration) {
-        let proxy_addr = self.proxy.local_addr().ok();
-        let admin_addr = self.admin.local_addr().ok();
-        let max = self.shared.store.load().config.limits.max_connections;
-        tracing::info!(
-            proxy = %display_addr(proxy_addr),
-            admin = %display_addr(admin_addr),
-            "listening"
-        );
-        let proxy = tokio::spawn(crate::listener::run(self.shared.clone(), self.proxy, max));
-        let admin = tokio::spawn(crate::admin::run(self.shared.clone(), self.admin));
-        self.shared.shutdown.cancelled().await;
+    /// `limits.drain_timeout` for in-flight work.
+    pub async fn serve(self) {
+        let shared = self.shared;
+        let addr = |l: &TcpListener| {
+            l.local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into())
+        };
+        tracing::info!(proxy = %addr(&self.proxy), admin = %addr(&self.admin), "listening");
+        let max = shared.store.load().config.limits.max_connections;
+        let proxy = tokio::spawn(crate::listener::run(shared.clone(), self.proxy, max));
+        let admin = tokio::spawn(crate::admin::run(shared.clone(), self.admin));
+        let reloader = tokio::spawn(reload::run(shared.clone(), self.reload_rx));
+        shared.shutdown.cancelled().await;
         let _ = proxy.await;
-        let _ = admin.await;
-        self.shared.tasks.close();
-        let open = self.shared.tasks.len();
-        tracing::info!(open, drain = ?drain, "draining");
-        if tokio::time::timeout(drain, self.shared.tasks.wait())
+        let _ = reloader.await;
+        shared.tasks.close();
+        let drain = shared.store.load().config.limits.drain_timeout;
+        tracing::info!(open = shared.tasks.len(), drain = ?drain, "draining");
+        if tokio::time::timeout(drain, shared.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                open = self.shared.tasks.len(),
-                "drain timeout reached; closing the rest"
+                open = shared.tasks.len(),
+                "limits.drain_timeout reached; closing the rest"
             );
         }
+        shared.stopped.cancel();
+        let _ = admin.await;
     }
-}
-
-fn display_addr(addr: Option<SocketAddr>) -> String {
-    addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into())
-}
-
-/// Rebuilds the snapshot from the files on disk and publishes it; on any
-/// problem the running snapshot stays and the error is returned.
-pub fn reload(shared: &Shared) -> Result<(), AppError> {
-    let current = shared.store.load();
-    let next = build(
-        &current.config.path,
-        Some(&current),
-        BuildMode::Run,
-        &shared.provider,
-    )?;
-    if next.config.listen != current.config.listen
-        || next.config.limits.max_connections != current.config.limits.max_connections
-    {
-        tracing::warn!(
-            "listen addresses and limits.max_connections take effect only after a restart"
-        );
-    }
-    let ca_changed = next.ca_generation != current.ca_generation;
-    shared.store.replace(next);
-    if ca_changed {
-        shared.minter.clear();
-    }
-    tracing::info!(ca_changed, "reloaded");
-    Ok(())
 }

@@ -19,16 +19,30 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::error::{BoxError, ErrorKind};
+use crate::metrics::Metrics;
 
 /// Tracks requests whose response is still being delivered on a downstream
 /// connection; the idle timer only runs while this is zero.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InFlight {
     now: std::sync::atomic::AtomicUsize,
     started: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl InFlight {
+    pub fn new(metrics: Arc<Metrics>) -> InFlight {
+        InFlight {
+            now: Default::default(),
+            started: Default::default(),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn get(&self) -> usize {
         self.now.load(Ordering::Relaxed)
     }
@@ -100,6 +114,9 @@ impl Audit {
     }
 
     fn emit(&self) {
+        self.in_flight
+            .metrics
+            .request(self.decision(), self.status.as_u16());
         let credentials = self.credentials.join(",");
         tracing::info!(
             target: "audit",

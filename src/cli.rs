@@ -4,19 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin_client::{self, Target, ValueFrom};
 use crate::app::{self, App};
 use crate::config::Config;
-use crate::store::{BuildMode, Snapshot};
+use crate::store::{BuildContext, BuildMode, Snapshot};
 use crate::telemetry::{self, LogFormat};
 
 pub const DEFAULT_CONFIG: &str = "config/iron-proxy.toml";
-
-/// How long SIGTERM waits for in-flight requests before exiting anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +48,36 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Rotate credentials through the admin API of a running proxy.
+    Credential {
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Replace one credential's real value; prints its new sha256 prefix, never the value.
+    #[command(group(clap::ArgGroup::new("value").required(true).args(["value_file", "stdin"])))]
+    Set {
+        /// Credential name, as in `[[credential]] name`.
+        name: String,
+        /// Read the new value from this file (one trailing newline is ignored).
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+        /// Read the new value from standard input.
+        #[arg(long)]
+        stdin: bool,
+        /// Admin API base URL (default: http:// + `listen.admin` from the config).
+        #[arg(long)]
+        admin: Option<String>,
+        /// File holding the admin token (default: `admin.token_file` from the config).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Configuration file to read defaults from.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +103,67 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Ca {
             command: CaCommand::Init { out, name, force },
         } => ca_init(&out, &name, force),
+        Command::Credential {
+            command:
+                CredentialCommand::Set {
+                    name,
+                    value_file,
+                    stdin: _,
+                    admin,
+                    token_file,
+                    config,
+                },
+        } => {
+            let from = value_file.map_or(ValueFrom::Stdin, ValueFrom::File);
+            credential_set(
+                &name,
+                &from,
+                admin.as_deref(),
+                token_file.as_deref(),
+                &config,
+            )
+        }
+    }
+}
+
+fn credential_set(
+    name: &str,
+    from: &ValueFrom,
+    admin: Option<&str>,
+    token_file: Option<&Path>,
+    config: &Path,
+) -> ExitCode {
+    let result = (|| {
+        let target = Target::resolve(config, admin, token_file)?;
+        let value = admin_client::read_value(from)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                admin_client::ClientError::Setup(format!("cannot start the async runtime: {e}"))
+            })?;
+        runtime.block_on(admin_client::set_credential(&target, name, value))
+    })();
+    match result {
+        Ok(described) => {
+            let field = |k: &str| {
+                described
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            println!(
+                "credential {name} updated: sha256 {}… (changed_at {})",
+                field("sha256_prefix"),
+                field("changed_at")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("iron-proxy credential set: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -101,7 +189,7 @@ fn run(config: &Path, log_format: Option<LogFormat>) -> ExitCode {
         };
         let shared = app.shared().clone();
         let signals = tokio::spawn(crate::shutdown::watch(shared));
-        app.serve(DRAIN_TIMEOUT).await;
+        app.serve().await;
         signals.abort();
         tracing::info!("stopped");
         ExitCode::SUCCESS
@@ -121,16 +209,19 @@ fn check(path: &Path) -> ExitCode {
     let generate = config
         .as_ref()
         .is_some_and(|c| c.ca.generate_if_missing && !c.ca.cert.exists());
-    let summary =
-        config.and_then(
-            |c| match Snapshot::build(c, None, BuildMode::Check, &app::provider()) {
-                Ok(snap) => Some(snap),
-                Err(ps) => {
-                    problems.extend(ps);
-                    None
-                }
-            },
-        );
+    let (provider, metrics) = (app::provider(), crate::metrics::Metrics::new());
+    let cx = BuildContext {
+        provider: &provider,
+        metrics: &metrics,
+        mode: BuildMode::Check,
+    };
+    let summary = config.and_then(|c| match Snapshot::build(c, None, cx) {
+        Ok(snap) => Some(snap),
+        Err(ps) => {
+            problems.extend(ps);
+            None
+        }
+    });
     match summary {
         Some(snap) if problems.is_empty() => {
             let ca = if generate {

@@ -73,6 +73,7 @@ pub struct Config {
     pub ca: Ca,
     pub upstream: Upstream,
     pub limits: Limits,
+    pub reload: Reload,
     pub policy: Policy,
     pub credentials: Vec<CredentialConfig>,
     pub oauth_refresh: Vec<OAuthRefresh>,
@@ -117,6 +118,8 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -129,6 +132,22 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// How often watched files are re-hashed, in case a change notification
+    /// was missed (network filesystems, some volume types).
+    pub poll_interval: Duration,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload {
+            poll_interval: Duration::from_secs(10),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::policy::{Authority, Decision, Host};
 pub async fn handle(
     shared: Arc<Shared>,
     down: Arc<Downstream>,
-    conn_guard: Arc<tokio::sync::OwnedSemaphorePermit>,
+    conn_guard: Arc<crate::listener::Slot>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let snap = shared.store.load();

@@ -20,6 +20,7 @@
 //! credential values are [`secret::Secret`]s that never print.
 
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod audit;
 pub mod ca;
@@ -29,9 +30,11 @@ pub mod connect;
 pub mod error;
 pub mod framing;
 pub mod listener;
+pub mod metrics;
 pub mod mint;
 pub mod pipeline;
 pub mod policy;
+pub mod reload;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

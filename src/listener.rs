@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::Shared;
 use crate::framing::Watched;
@@ -22,6 +22,31 @@ use crate::pipeline::Downstream;
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-iron-proxy-error: overloaded\r\n\
 content-type: text/plain; charset=utf-8\r\ncontent-length: 65\r\nconnection: close\r\n\r\n\
 iron-proxy: too many connections (limits.max_connections); retry\n";
+
+/// One admitted downstream connection: its permit under `max_connections`
+/// and its place in `iron_proxy_open_connections`, released together when
+/// the connection (and its tunnel, if any) is gone.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: prometheus::IntGauge) -> Slot {
+        open.inc();
+        Slot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
 
 pub async fn run(shared: Arc<Shared>, listener: TcpListener, max_connections: usize) {
     let permits = Arc::new(Semaphore::new(max_connections));
@@ -46,12 +71,13 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener, max_connections: us
         let _ = stream.set_nodelay(true);
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let shared2 = shared.clone();
+                let slot = Arc::new(Slot::new(permit, shared.metrics.open_connections.clone()));
                 shared
                     .tasks
-                    .spawn(handle(shared2, stream, client, Arc::new(permit)));
+                    .spawn(handle(shared.clone(), stream, client, slot));
             }
             Err(_) => {
+                shared.metrics.refused_connections.inc();
                 tracing::warn!(client = %client, max_connections, "connection refused: over limits.max_connections");
                 shared.tasks.spawn(refuse(stream));
             }
@@ -71,15 +97,15 @@ async fn handle(
     shared: Arc<Shared>,
     stream: TcpStream,
     client: std::net::SocketAddr,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    slot: Arc<Slot>,
 ) {
     let limits = shared.store.load().config.limits.clone();
-    let down = Arc::new(Downstream::new(client, None));
+    let down = Arc::new(Downstream::new(client, None, shared.metrics.clone()));
     let stream = Watched::new(stream, down.ambiguous_framing.clone());
     let service = {
         let (shared, down) = (shared.clone(), down.clone());
         service_fn(move |req| {
-            crate::connect::handle(shared.clone(), down.clone(), permit.clone(), req)
+            crate::connect::handle(shared.clone(), down.clone(), slot.clone(), req)
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()

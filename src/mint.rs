@@ -9,8 +9,10 @@
 //!   only signs certificates. A leaf key compromise therefore exposes only
 //!   leaves this process minted, each short-lived; a fresh key comes with
 //!   every restart.
-//! - The cache is keyed by (CA generation, host): after a CA rotation the
-//!   old entries can never be served, they just age out of the LRU.
+//! - A `LeafCache` belongs to one CA: it lives in the snapshot and is carried
+//!   over by a reload only when the CA is unchanged, so after a rotation no
+//!   leaf of the old CA can be served; the old cache goes with the last
+//!   snapshot that used it.
 //! - Concurrent first connections to one host share a single mint (the
 //!   cache's placeholder makes the others wait for the first).
 //! - An entry is served for at most half the leaf validity, so no agent
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -47,41 +50,77 @@ struct Entry {
     fresh_until: Instant,
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
+/// Counters for `/metrics` (registered by `metrics::Metrics`).
+#[derive(Debug, Clone)]
 pub struct MintStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub mints: AtomicU64,
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub mints: IntCounter,
 }
 
+impl MintStats {
+    pub fn from_metrics(m: &crate::metrics::Metrics) -> MintStats {
+        MintStats {
+            hits: m.leaf_hits.clone(),
+            misses: m.leaf_misses.clone(),
+            mints: m.leaf_mints.clone(),
+        }
+    }
+}
+
+/// Ready TLS configs per host, for one CA (bounded LRU).
+pub struct LeafCache {
+    cache: quick_cache::sync::Cache<Host, Entry>,
+}
+
+impl fmt::Debug for LeafCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeafCache")
+            .field("hosts", &self.cache.len())
+            .finish()
+    }
+}
+
+impl Default for LeafCache {
+    fn default() -> Self {
+        LeafCache::with_capacity(CACHE_CAPACITY)
+    }
+}
+
+impl LeafCache {
+    pub fn with_capacity(capacity: usize) -> LeafCache {
+        LeafCache {
+            cache: quick_cache::sync::Cache::new(capacity),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
+
+/// Signs leaves with the process-wide leaf key.
 pub struct Minter {
     provider: Arc<CryptoProvider>,
     leaf_key: KeyPair,
     signing_key: Arc<dyn rustls::sign::SigningKey>,
-    cache: quick_cache::sync::Cache<(u64, Host), Entry>,
     pub stats: MintStats,
 }
 
 impl fmt::Debug for Minter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Minter")
-            .field("cached", &self.cache.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
 impl Minter {
-    pub fn new(provider: Arc<CryptoProvider>) -> Result<Minter, MintError> {
-        Minter::with_capacity(provider, CACHE_CAPACITY)
-    }
-
-    /// A minter caching at most about `capacity` hosts.
-    pub fn with_capacity(
-        provider: Arc<CryptoProvider>,
-        capacity: usize,
-    ) -> Result<Minter, MintError> {
+    pub fn new(provider: Arc<CryptoProvider>, stats: MintStats) -> Result<Minter, MintError> {
         let err = |detail: String| MintError::Sign {
             host: "(leaf key)".into(),
             detail,
@@ -96,8 +135,7 @@ impl Minter {
             provider,
             leaf_key,
             signing_key,
-            cache: quick_cache::sync::Cache::new(capacity),
-            stats: MintStats::default(),
+            stats,
         })
     }
 
@@ -105,18 +143,17 @@ impl Minter {
     /// use and cached.
     pub async fn server_config(
         &self,
+        leaves: &LeafCache,
         ca: &CertificateAuthority,
-        generation: u64,
         host: &Host,
         validity: Duration,
     ) -> Result<Arc<ServerConfig>, MintError> {
-        let key = (generation, host.clone());
         let now = Instant::now();
-        self.cache.remove_if(&key, |e| e.fresh_until <= now);
+        leaves.cache.remove_if(host, |e| e.fresh_until <= now);
         let mut minted = false;
-        let entry = self
+        let entry = leaves
             .cache
-            .get_or_insert_async(&key, async {
+            .get_or_insert_async(host, async {
                 minted = true;
                 self.mint(ca, host, validity)
             })
@@ -126,7 +163,7 @@ impl Minter {
         } else {
             &self.stats.hits
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         Ok(entry.config)
     }
 
@@ -152,16 +189,11 @@ impl Minter {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(FixedCert(certified)));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        self.stats.mints.fetch_add(1, Ordering::Relaxed);
+        self.stats.mints.inc();
         Ok(Entry {
             config: Arc::new(config),
             fresh_until: Instant::now() + validity / 2,
         })
-    }
-
-    /// Drops every cached leaf (CA rotation).
-    pub fn clear(&self) {
-        self.cache.clear();
     }
 }
 
@@ -219,57 +251,57 @@ mod tests {
     }
 
     fn minter() -> Minter {
-        Minter::new(Arc::new(rustls::crypto::ring::default_provider())).unwrap()
+        let stats = MintStats::from_metrics(&crate::metrics::Metrics::new());
+        Minter::new(Arc::new(rustls::crypto::ring::default_provider()), stats).unwrap()
     }
 
     #[tokio::test]
-    async fn caches_per_generation_and_host() {
+    async fn caches_per_host_within_one_cache() {
         let (m, ca) = (minter(), ca());
+        let (cache, next_ca_cache) = (LeafCache::default(), LeafCache::default());
         let h = Host::Name("api.test".into());
         let day = Duration::from_secs(86_400);
-        let a = m.server_config(&ca, 1, &h, day).await.unwrap();
-        let b = m.server_config(&ca, 1, &h, day).await.unwrap();
+        let a = m.server_config(&cache, &ca, &h, day).await.unwrap();
+        let b = m.server_config(&cache, &ca, &h, day).await.unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let c = m.server_config(&ca, 2, &h, day).await.unwrap();
+        let c = m.server_config(&next_ca_cache, &ca, &h, day).await.unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(m.stats.mints.load(Ordering::Relaxed), 2);
-        assert_eq!(m.stats.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(m.stats.mints.get(), 2);
+        assert_eq!(m.stats.hits.get(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_first_requests_share_one_mint() {
         let m = Arc::new(minter());
         let ca = Arc::new(ca());
+        let cache = Arc::new(LeafCache::default());
         let tasks: Vec<_> = (0..64)
             .map(|_| {
-                let (m, ca) = (m.clone(), ca.clone());
+                let (m, ca, cache) = (m.clone(), ca.clone(), cache.clone());
                 tokio::spawn(async move {
                     let h = Host::Name("once.test".into());
-                    m.server_config(&ca, 1, &h, Duration::from_secs(3600))
-                        .await
-                        .unwrap()
+                    let hour = Duration::from_secs(3600);
+                    m.server_config(&cache, &ca, &h, hour).await.unwrap()
                 })
             })
             .collect();
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(m.stats.mints.load(Ordering::Relaxed), 1);
+        assert_eq!(m.stats.mints.get(), 1);
     }
 
     #[tokio::test]
     async fn cache_is_bounded() {
-        let m =
-            Minter::with_capacity(Arc::new(rustls::crypto::ring::default_provider()), 8).unwrap();
-        let ca = ca();
+        let (m, ca) = (minter(), ca());
+        let cache = LeafCache::with_capacity(8);
         for i in 0..100 {
             let h = Host::Name(format!("h{i}.test"));
-            m.server_config(&ca, 1, &h, Duration::from_secs(3600))
-                .await
-                .unwrap();
+            let hour = Duration::from_secs(3600);
+            m.server_config(&cache, &ca, &h, hour).await.unwrap();
         }
-        assert!(m.cache.len() <= 8, "cache grew to {}", m.cache.len());
-        assert_eq!(m.stats.mints.load(Ordering::Relaxed), 100);
+        assert!(cache.len() <= 8, "cache grew to {}", cache.len());
+        assert_eq!(m.stats.mints.get(), 100);
     }
 
     #[test]

@@ -38,11 +38,15 @@ pub struct Downstream {
 }
 
 impl Downstream {
-    pub fn new(client: SocketAddr, tunnel: Option<Authority>) -> Downstream {
+    pub fn new(
+        client: SocketAddr,
+        tunnel: Option<Authority>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Downstream {
         Downstream {
             client,
             tunnel,
-            in_flight: Arc::default(),
+            in_flight: Arc::new(InFlight::new(metrics)),
             ambiguous_framing: Arc::default(),
         }
     }
@@ -114,10 +118,15 @@ async fn forward(
     parts.uri = upstream_uri(tls, &dest, &parts.uri)?;
     parts.version = Version::HTTP_11;
     let body = Counted::new(body, audit.bytes_in()).boxed_unsync();
+    let sent = std::time::Instant::now();
     let resp = snap
         .upstream
         .send(Request::from_parts(parts, body), upgrade)
         .await?;
+    down.in_flight
+        .metrics()
+        .upstream_latency
+        .observe(sent.elapsed().as_secs_f64());
     let (mut parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(down_up), Some(up_up)) = (

@@ -62,7 +62,7 @@ pub async fn tunnel(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let down = Arc::new(Downstream::new(client, Some(dest)));
+    let down = Arc::new(Downstream::new(client, Some(dest), shared.metrics.clone()));
     if h2 {
         serve_http(shared, down, TokioIo::new(tls), true, &limits).await;
     } else {
@@ -92,8 +92,8 @@ async fn handshake(
     let config = shared
         .minter
         .server_config(
+            &snap.leaves,
             &snap.ca,
-            snap.ca_generation,
             &dest.host,
             snap.config.ca.leaf_validity,
         )

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::app::{self, Shared};
+use crate::app::Shared;
 
 /// Waits for signals until a terminating one arrives, then cancels
-/// `shared.shutdown`. SIGHUP reloads in place.
+/// `shared.shutdown`. SIGHUP asks the reload task for a full reload.
 pub async fn watch(shared: Arc<Shared>) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -17,9 +17,9 @@ pub async fn watch(shared: Arc<Shared>) -> std::io::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Err(e) = app::reload(&shared) {
-                    tracing::error!(error = %e, "reload failed; still serving the previous configuration");
-                }
+                // The reload task logs the outcome and counts failures.
+                let reload = shared.reload.clone();
+                tokio::spawn(async move { let _ = reload.reload_now().await; });
             }
         }
     }

@@ -22,14 +22,20 @@ use crate::secret::Secret;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// A credential as the swap sees it: stub, real value and where it may go.
+#[derive(Clone)]
 pub struct Credential {
     pub name: Arc<str>,
     pub stub: Box<str>,
     pub real: Secret,
+    pub source: crate::config::Source,
     pub hosts: Vec<HostPattern>,
     pub headers: Vec<HeaderName>,
     pub allow_plaintext: bool,
     pub require: bool,
+    /// When the real value last changed (admin API, runbooks).
+    pub changed_at: std::time::SystemTime,
+    /// `iron_proxy_swaps_total{credential=name}`.
+    pub swaps: prometheus::IntCounter,
     real_finder: memmem::Finder<'static>,
 }
 
@@ -44,18 +50,31 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    pub fn new(cfg: &crate::config::CredentialConfig, real: Secret) -> Credential {
+    pub fn new(
+        cfg: &crate::config::CredentialConfig,
+        real: Secret,
+        swaps: prometheus::IntCounter,
+    ) -> Credential {
         let real_finder = memmem::Finder::new(real.expose().as_bytes()).into_owned();
         Credential {
             name: Arc::from(cfg.name.as_str()),
             stub: cfg.stub.clone().into_boxed_str(),
+            source: cfg.source.clone(),
             hosts: cfg.hosts.clone(),
             headers: cfg.headers.clone(),
             allow_plaintext: cfg.allow_plaintext,
             require: cfg.require,
+            changed_at: std::time::SystemTime::now(),
+            swaps,
             real,
             real_finder,
         }
+    }
+
+    /// Replaces the real value (and the matcher built from it).
+    pub fn set_real(&mut self, real: Secret) {
+        self.real_finder = memmem::Finder::new(real.expose().as_bytes()).into_owned();
+        self.real = real;
     }
 
     pub fn binds(&self, host: &Host) -> bool {
@@ -108,6 +127,7 @@ pub fn swap_request(
                 .iter()
                 .any(|v| find_form(v.as_bytes(), &cred.stub).is_some());
             if found && replace_all(headers, name, cred) {
+                cred.swaps.inc();
                 swapped.push(cred.name.clone());
             }
         }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{
     build_policy, duration, validate_credentials, validate_refresh, Admin, Ca, Config,
-    CredentialConfig, Limits, Listen, OAuthRefresh, Problem, Source, Upstream,
+    CredentialConfig, Limits, Listen, OAuthRefresh, Problem, Reload, Source, Upstream,
 };
 use crate::policy::{AllowRule, Host, HostPattern};
 
@@ -65,6 +65,13 @@ struct RawLimits {
     tls_handshake_timeout: Option<String>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    poll_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +117,7 @@ const SECTIONS: &[&str] = &[
     "ca",
     "upstream",
     "limits",
+    "reload",
     "allow",
     "credential",
     "oauth_refresh",
@@ -233,6 +241,14 @@ pub(super) fn parse(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Opt
     let upstream = upstream(&mut cx, raw_upstream);
     let raw_limits = cx.section(&table, "limits");
     let limits = limits(&mut cx, raw_limits);
+    let raw_reload: RawReload = cx.section(&table, "reload");
+    let reload = Reload {
+        poll_interval: cx.duration(
+            "reload.poll_interval",
+            raw_reload.poll_interval,
+            Reload::default().poll_interval,
+        ),
+    };
     let rules: Vec<AllowRule> = cx
         .array::<RawAllow>(&table, "allow")
         .into_iter()
@@ -260,6 +276,7 @@ pub(super) fn parse(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Opt
         ca,
         upstream,
         limits,
+        reload,
         policy,
         credentials: creds.into_iter().map(|(_, c)| c).collect(),
         oauth_refresh: refresh.into_iter().map(|(_, r)| r).collect(),
@@ -360,6 +377,7 @@ fn limits(cx: &mut Ctx<'_>, raw: RawLimits) -> Limits {
             d.header_read_timeout,
         ),
         idle_timeout: cx.duration("limits.idle_timeout", raw.idle_timeout, d.idle_timeout),
+        drain_timeout: cx.duration("limits.drain_timeout", raw.drain_timeout, d.drain_timeout),
     }
 }
 

@@ -11,7 +11,8 @@ fn cred(name: &str, stub: &str, real: &str, host: &str, header: &str) -> Credent
         allow_plaintext: false,
         require: false,
     };
-    Credential::new(&cfg, Secret::from_bytes(real.as_bytes()).unwrap())
+    let swaps = crate::metrics::Metrics::new().swap_counter(name);
+    Credential::new(&cfg, Secret::from_bytes(real.as_bytes()).unwrap(), swaps)
 }
 
 fn host(h: &str) -> Host {

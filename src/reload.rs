@@ -1,0 +1,440 @@
+//! Hot reload (SPEC §6): the one task that publishes snapshots.
+//!
+//! Owns: every change to the live snapshot — file changes (inotify through
+//! `notify`, coalesced), a periodic poll that catches what notifications
+//! miss, SIGHUP, `POST /v1/reload`, and credential updates from the admin
+//! API. One writer means no update can be lost between a build and its
+//! publication.
+//!
+//! Invariants:
+//! - File-driven reloads are content-based: the watched files are hashed,
+//!   and a reload happens only when the hashes changed. Unrelated events in
+//!   a watched directory cost a hash and nothing else.
+//! - Nothing half-written is published: the files must hash the same across
+//!   a settle window before the build and still after it, or the build is
+//!   thrown away and retried. Writers should still write-then-rename.
+//! - Directories are watched, not files, so Kubernetes volume updates (a
+//!   `..data` symlink swapped by rename) and editors' rename-on-save are seen.
+//! - A failed reload changes nothing, is logged once per distinct content
+//!   with every problem and file named, and counts in
+//!   `iron_proxy_reload_failures_total`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::app::Shared;
+use crate::config::{Config, Source};
+use crate::secret::Secret;
+use crate::store::{BuildContext, BuildMode, Snapshot};
+use crate::swap::Credential;
+
+/// How long files must hold still before and after a build.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Settle rounds before giving up until the next change or poll.
+const MAX_UNSTABLE_ROUNDS: usize = 50;
+
+#[derive(Debug)]
+enum Request {
+    Now(oneshot::Sender<Result<u64, String>>),
+    SetCredential {
+        name: String,
+        value: Secret,
+        reply: oneshot::Sender<Result<Credential, SetError>>,
+    },
+}
+
+/// Why `PUT /v1/credentials/{name}` did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("no credential is named `{0}`")]
+    NotFound(String),
+    #[error(
+        "credential `{name}` reads its value from the environment variable {var}, which the \
+         proxy cannot change; switch its source to a file or update the variable and restart"
+    )]
+    EnvSource { name: String, var: String },
+    #[error("cannot write the new value of `{name}` to {path}: {source}; nothing was changed")]
+    Write {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the reload task is not running")]
+    Stopped,
+}
+
+/// Asks the reload task for work; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Request>,
+    files: Arc<Notify>,
+}
+
+pub fn channel() -> (Handle, Receiver) {
+    let (tx, rx) = mpsc::channel(16);
+    let files = Arc::new(Notify::new());
+    (
+        Handle {
+            tx,
+            files: files.clone(),
+        },
+        Receiver { rx, files },
+    )
+}
+
+#[derive(Debug)]
+pub struct Receiver {
+    rx: mpsc::Receiver<Request>,
+    files: Arc<Notify>,
+}
+
+impl Handle {
+    /// Reloads everything from disk now (SIGHUP, `POST /v1/reload`);
+    /// returns the new generation or every problem found.
+    pub async fn reload_now(&self) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Now(reply))
+            .await
+            .map_err(|_| "the reload task is not running".to_owned())?;
+        rx.await.map_err(|_| "the reload task stopped".to_owned())?
+    }
+
+    /// Stores a new real value: to its file (atomically) and in memory.
+    pub async fn set_credential(&self, name: &str, value: Secret) -> Result<Credential, SetError> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::SetCredential {
+            name: name.to_owned(),
+            value,
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| SetError::Stopped)?;
+        rx.await.map_err(|_| SetError::Stopped)?
+    }
+
+    /// A watched file may have changed (coalesced: many calls, one check).
+    pub fn files_changed(&self) {
+        self.files.notify_one();
+    }
+}
+
+type Fingerprint = Vec<(PathBuf, Option<[u8; 32]>)>;
+
+struct Reloader {
+    shared: Arc<Shared>,
+    /// Hashes of the files the live snapshot (or the last failed attempt)
+    /// was built from.
+    fingerprint: Fingerprint,
+    watcher: Option<RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+}
+
+/// Runs until shutdown.
+pub async fn run(shared: Arc<Shared>, mut rx: Receiver) {
+    let snap = shared.store.load();
+    let mut r = Reloader {
+        fingerprint: fingerprint(&watched_files(&snap.config)),
+        shared: shared.clone(),
+        watcher: None,
+        watched: BTreeSet::new(),
+    };
+    r.rewatch(&snap.config);
+    let mut poll = tokio::time::interval(snap.config.reload.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    drop(snap);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            req = rx.rx.recv() => match req {
+                Some(Request::Now(reply)) => {
+                    let _ = reply.send(r.reload(true).await);
+                }
+                Some(Request::SetCredential { name, value, reply }) => {
+                    let _ = reply.send(r.set_credential(&name, value));
+                }
+                None => return,
+            },
+            _ = rx.files.notified() => {
+                tokio::time::sleep(SETTLE).await;
+                let _ = r.reload(false).await;
+            }
+            _ = poll.tick() => {
+                let _ = r.reload(false).await;
+            }
+        }
+    }
+}
+
+impl Reloader {
+    /// Rebuilds from disk. Unless `forced`, does nothing when the watched
+    /// files hash as before.
+    async fn reload(&mut self, forced: bool) -> Result<u64, String> {
+        let current = self.shared.store.load();
+        let files = watched_files(&current.config);
+        let Some(before) = settled(&files).await else {
+            tracing::warn!("watched files keep changing; will retry on the next change or poll");
+            return Err("watched files keep changing; retry when writers are done".into());
+        };
+        if !forced && before == self.fingerprint {
+            return Ok(current.generation);
+        }
+        let cx = BuildContext {
+            provider: &self.shared.provider,
+            metrics: &self.shared.metrics,
+            mode: BuildMode::Run,
+        };
+        let built = Config::load(&current.config.path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                Snapshot::build(config, Some(&current), cx).map_err(|ps| problems_text(&ps))
+            });
+        if fingerprint(&files) != before {
+            // A writer got in during the build: what was read may be torn.
+            self.shared.reload.files_changed();
+            return Err("a watched file changed during the reload; retrying".into());
+        }
+        self.fingerprint = before;
+        match built {
+            Ok(next) => Ok(self.publish(next, &current)),
+            Err(problems) => {
+                self.shared.metrics.reload_failures.inc();
+                tracing::error!(problems = %problems, "reload failed; still serving generation {}", current.generation);
+                Err(problems)
+            }
+        }
+    }
+
+    fn publish(&mut self, next: Snapshot, current: &Snapshot) -> u64 {
+        if next.config.listen != current.config.listen
+            || next.config.limits.max_connections != current.config.limits.max_connections
+        {
+            tracing::warn!(
+                "listen addresses and limits.max_connections take effect only after a restart"
+            );
+        }
+        let generation = next.generation;
+        let ca_changed = next.ca_generation != current.ca_generation;
+        let config = next.config.clone();
+        self.shared
+            .metrics
+            .generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.shared
+            .metrics
+            .ca_generation
+            .set(i64::try_from(next.ca_generation).unwrap_or(i64::MAX));
+        self.shared.store.replace(next);
+        self.shared.metrics.reloads.inc();
+        self.fingerprint = fingerprint(&watched_files(&config));
+        self.rewatch(&config);
+        tracing::info!(generation, ca_changed, "reloaded");
+        generation
+    }
+
+    fn set_credential(&mut self, name: &str, value: Secret) -> Result<Credential, SetError> {
+        let current = self.shared.store.load();
+        let cred = current
+            .credential(name)
+            .ok_or_else(|| SetError::NotFound(name.to_owned()))?;
+        match &cred.source {
+            Source::Env(var) => {
+                return Err(SetError::EnvSource {
+                    name: name.to_owned(),
+                    var: var.clone(),
+                })
+            }
+            Source::File(path) => {
+                write_atomically(path, value.expose().as_bytes()).map_err(|source| {
+                    SetError::Write {
+                        name: name.to_owned(),
+                        path: path.clone(),
+                        source,
+                    }
+                })?
+            }
+        }
+        let next = current
+            .with_credential(name, value)
+            .ok_or_else(|| SetError::NotFound(name.to_owned()))?;
+        let updated = next
+            .credential(name)
+            .cloned()
+            .ok_or_else(|| SetError::NotFound(name.to_owned()))?;
+        self.publish(next, &current);
+        tracing::info!(credential = name, sha256 = %updated.real.sha256_prefix(), "credential updated through the admin API");
+        Ok(updated)
+    }
+
+    /// Watches the directories holding every watched file.
+    fn rewatch(&mut self, config: &Config) {
+        let dirs: BTreeSet<PathBuf> = watched_files(config)
+            .iter()
+            .map(|f| match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        if dirs == self.watched && self.watcher.is_some() {
+            return;
+        }
+        let handle = self.shared.reload.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                handle.files_changed();
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch files; relying on the poll every reload.poll_interval");
+                return;
+            }
+        };
+        for dir in &dirs {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; its files are polled");
+            }
+        }
+        self.watcher = Some(watcher);
+        self.watched = dirs;
+    }
+}
+
+/// Every file a snapshot is built from.
+fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![
+        config.path.clone(),
+        config.ca.cert.clone(),
+        config.ca.key.clone(),
+    ];
+    files.extend(config.ca.extra_trust.iter().cloned());
+    files.extend(config.upstream.extra_roots.iter().cloned());
+    files.extend(config.admin.token_file.iter().cloned());
+    files.extend(config.credentials.iter().filter_map(|c| match &c.source {
+        Source::File(p) => Some(p.clone()),
+        Source::Env(_) => None,
+    }));
+    files
+}
+
+fn fingerprint(files: &[PathBuf]) -> Fingerprint {
+    files
+        .iter()
+        .map(|f| {
+            (
+                f.clone(),
+                std::fs::read(f).ok().map(|b| Sha256::digest(&b).into()),
+            )
+        })
+        .collect()
+}
+
+/// The fingerprint once the files hold still for `SETTLE`.
+async fn settled(files: &[PathBuf]) -> Option<Fingerprint> {
+    let mut last = fingerprint(files);
+    for _ in 0..MAX_UNSTABLE_ROUNDS {
+        tokio::time::sleep(SETTLE).await;
+        let now = fingerprint(files);
+        if now == last {
+            return Some(now);
+        }
+        last = now;
+    }
+    None
+}
+
+fn problems_text(problems: &[crate::config::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Replaces a file's content so that no reader ever sees a partial value:
+/// temp file in the same directory (mode 0600), fsync, rename, fsync the
+/// directory. A symlink (Kubernetes volume) is followed to its target.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
+        _ => path.to_owned(),
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.iron-proxy-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_content_and_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = dir.path().join("..2026_01");
+        std::fs::create_dir(&real_dir).unwrap();
+        std::fs::write(real_dir.join("token"), "old\n").unwrap();
+        let link = dir.path().join("token");
+        std::os::unix::fs::symlink(real_dir.join("token"), &link).unwrap();
+        write_atomically(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&link).unwrap(), "new\n");
+        let leftovers: Vec<_> = std::fs::read_dir(&real_dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp file left behind");
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_stable_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        std::fs::write(&f, "a").unwrap();
+        let files = vec![f.clone()];
+        let writer = tokio::spawn(async move {
+            for i in 0..5 {
+                std::fs::write(&f, format!("a{i}")).unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        });
+        let fp = settled(&files).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(
+            fp,
+            fingerprint(&files),
+            "settled before the writer finished"
+        );
+    }
+}
