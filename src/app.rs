@@ -75,6 +75,7 @@ impl App {
         let provider = provider();
         let metrics = Arc::new(Metrics::new());
         let config = Config::load(config_path)?;
+        let (reload, reload_rx) = reload::channel(&config);
         let cx = BuildContext {
             provider: &provider,
             metrics: &metrics,
@@ -94,7 +95,6 @@ impl App {
         };
         let proxy = bind("listen.proxy", listen.proxy).await?;
         let admin = bind("listen.admin", listen.admin).await?;
-        let (reload, reload_rx) = reload::channel();
         let shared = Arc::new(Shared {
             store: Store::new(snapshot),
             minter: Minter::new(provider.clone(), MintStats::from_metrics(&metrics))?,

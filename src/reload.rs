@@ -78,15 +78,23 @@ pub struct Handle {
     files: Arc<Notify>,
 }
 
-pub fn channel() -> (Handle, Receiver) {
+/// Call before building the first snapshot from `config`: the hashes taken
+/// then are the baseline, so a change racing the first build is not missed.
+pub fn channel(config: &Config) -> (Handle, Receiver) {
     let (tx, rx) = mpsc::channel(16);
     let files = Arc::new(Notify::new());
+    let baseline = fingerprint(&watched_files(config));
+    let handle = Handle {
+        tx,
+        files: files.clone(),
+    };
     (
-        Handle {
-            tx,
-            files: files.clone(),
+        handle,
+        Receiver {
+            rx,
+            files,
+            baseline,
         },
-        Receiver { rx, files },
     )
 }
 
@@ -94,6 +102,7 @@ pub fn channel() -> (Handle, Receiver) {
 pub struct Receiver {
     rx: mpsc::Receiver<Request>,
     files: Arc<Notify>,
+    baseline: Fingerprint,
 }
 
 impl Handle {
@@ -141,7 +150,7 @@ struct Reloader {
 pub async fn run(shared: Arc<Shared>, mut rx: Receiver) {
     let snap = shared.store.load();
     let mut r = Reloader {
-        fingerprint: fingerprint(&watched_files(&snap.config)),
+        fingerprint: std::mem::take(&mut rx.baseline),
         shared: shared.clone(),
         watcher: None,
         watched: BTreeSet::new(),
@@ -179,13 +188,13 @@ impl Reloader {
     async fn reload(&mut self, forced: bool) -> Result<u64, String> {
         let current = self.shared.store.load();
         let files = watched_files(&current.config);
+        if !forced && fingerprint(&files) == self.fingerprint {
+            return Ok(current.generation);
+        }
         let Some(before) = settled(&files).await else {
             tracing::warn!("watched files keep changing; will retry on the next change or poll");
             return Err("watched files keep changing; retry when writers are done".into());
         };
-        if !forced && before == self.fingerprint {
-            return Ok(current.generation);
-        }
         let cx = BuildContext {
             provider: &self.shared.provider,
             metrics: &self.shared.metrics,
@@ -287,7 +296,8 @@ impl Reloader {
         }
         let handle = self.shared.reload.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Opens and reads (our own hashing among them) change nothing.
+            if event.is_ok_and(|e| !e.kind.is_access()) {
                 handle.files_changed();
             }
         });

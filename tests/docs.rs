@@ -116,3 +116,32 @@ fn every_command_line_parses() {
         "expected command lines in the docs, found {checked}"
     );
 }
+
+/// docs/metrics.md lists exactly the metrics the registry renders.
+#[test]
+fn metrics_doc_matches_the_registry() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("iron_proxy_"))
+        .map(str::to_owned)
+        .collect();
+    // Families with labels render only once they have a child.
+    let metrics = iron_proxy::metrics::Metrics::new();
+    metrics.request("allow", 200);
+    metrics.swap_counter("example").inc();
+    let rendered: std::collections::BTreeSet<String> = metrics
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        documented, rendered,
+        "docs/metrics.md and the registry disagree"
+    );
+}

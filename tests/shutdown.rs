@@ -109,3 +109,45 @@ async fn sigterm_drains_an_h1_sse_stream_and_exits_0() {
 async fn sigterm_drains_an_h2_sse_stream_and_exits_0() {
     sse_survives_sigterm(true).await;
 }
+
+/// A stream that would outlive `limits.drain_timeout` is cut at the bound
+/// and the process still exits 0: a stuck client cannot hold a rollout.
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_timeout_bounds_an_endless_stream() {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream)
+        .allow("api.test", &[upstream.port])
+        .extra("[limits]\ndrain_timeout = \"500ms\"\n");
+    let mut proxy = start_proxy(config).await;
+    let authority = format!("api.test:{}", upstream.port);
+    let mut client = h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await;
+    // 100 events 200 ms apart: 20 s, far beyond the drain timeout.
+    let response = client
+        .request(get(&authority, "/sse?n=100&delay_ms=200"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    within("first SSE frame", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    let signalled = Instant::now();
+    sigterm(&proxy);
+    let status = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < EXIT_BOUND,
+            "still running {EXIT_BOUND:?} after SIGTERM with drain_timeout = 500ms:\n{}",
+            proxy.all_logs()
+        );
+        pause(50).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        proxy.all_logs().contains("limits.drain_timeout reached"),
+        "the log does not say the drain was cut short"
+    );
+}

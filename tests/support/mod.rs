@@ -18,6 +18,7 @@
 #![allow(missing_debug_implementations)]
 
 mod client;
+mod ops;
 mod proxy;
 mod routes;
 mod tls;
@@ -25,7 +26,7 @@ mod upstream;
 
 // Each test crate uses a different part of the harness.
 #[allow(unused_imports)]
-pub use {client::*, proxy::*, tls::*, upstream::*};
+pub use {client::*, ops::*, proxy::*, tls::*, upstream::*};
 
 use std::future::Future;
 use std::time::Duration;

@@ -46,6 +46,8 @@ pub struct ProxyConfig {
     credentials: Vec<Credential>,
     upstream_lines: Vec<String>,
     extra: String,
+    /// Environment variables set on the proxy child only.
+    env: Vec<(String, String)>,
 }
 
 // === impl ProxyConfig ===
@@ -129,6 +131,12 @@ impl ProxyConfig {
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
+        self
+    }
+
+    /// Set an environment variable on the proxy process (not the test's).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -239,6 +247,7 @@ pub async fn start_proxy(config: ProxyConfig) -> ProxyHandle {
         .arg("--config")
         .arg(&config_path)
         .args(["--log-format", "json"])
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
