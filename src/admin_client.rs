@@ -116,36 +116,43 @@ pub fn read_value(from: &ValueFrom) -> Result<Vec<u8>, ClientError> {
     }
 }
 
-/// Sends the new value; returns the JSON description the proxy answered.
-pub async fn set_credential(
-    target: &Target,
-    name: &str,
-    value: Vec<u8>,
-) -> Result<serde_json::Value, ClientError> {
-    let url = target.admin.to_string();
+/// One plain-HTTP/1.1 exchange with `base` (an `http://host:port` URI):
+/// returns the status and body. Enough for the admin API and `/ca.pem`.
+pub async fn exchange(
+    base: &Uri,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(u16, Bytes), ClientError> {
+    let url = base.to_string();
     let connect_err = |detail: String| ClientError::Connect {
         url: url.clone(),
         detail,
     };
-    let authority = target
-        .admin
+    let authority = base
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
-    let stream = tokio::net::TcpStream::connect(&authority)
+    let connect = tokio::net::TcpStream::connect(&authority);
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
         .await
+        .map_err(|_| connect_err("timed out after 10s".into()))?
         .map_err(|e| connect_err(e.to_string()))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| connect_err(e.to_string()))?;
     tokio::spawn(conn);
-    let req = Request::builder()
-        .method(Method::PUT)
-        .uri(format!("/v1/credentials/{name}"))
-        .header(header::HOST, &authority)
-        .header(header::AUTHORIZATION, format!("Bearer {}", target.token))
-        .body(Full::new(Bytes::from(value)))
-        .map_err(|e| ClientError::Setup(format!("credential name `{name}` cannot be sent: {e}")))?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, &authority);
+    if let Some(token) = bearer {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| ClientError::Setup(format!("`{path}` cannot be sent: {e}")))?;
     let resp = send
         .send_request(req)
         .await
@@ -157,6 +164,24 @@ pub async fn set_credential(
         .await
         .map_err(|e| connect_err(e.to_string()))?
         .to_bytes();
+    Ok((status, body))
+}
+
+/// Sends the new value; returns the JSON description the proxy answered.
+pub async fn set_credential(
+    target: &Target,
+    name: &str,
+    value: Vec<u8>,
+) -> Result<serde_json::Value, ClientError> {
+    let path = format!("/v1/credentials/{name}");
+    let (status, body) = exchange(
+        &target.admin,
+        Method::PUT,
+        &path,
+        Some(&target.token),
+        value,
+    )
+    .await?;
     let text = String::from_utf8_lossy(&body).trim().to_owned();
     if status != 200 {
         return Err(ClientError::Refused { status, body: text });

@@ -28,6 +28,7 @@ pub struct Shared {
     pub minter: Minter,
     pub metrics: Arc<Metrics>,
     pub reload: reload::Handle,
+    pub refresher: crate::refresh::Refresher,
     pub provider: Arc<CryptoProvider>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, finish in-flight work.
     pub shutdown: CancellationToken,
@@ -75,7 +76,9 @@ impl App {
         let provider = provider();
         let metrics = Arc::new(Metrics::new());
         let config = Config::load(config_path)?;
-        let (reload, reload_rx) = reload::channel(&config);
+        let generates =
+            config.ca.generate_if_missing && !config.ca.cert.exists() && !config.ca.key.exists();
+        let (reload, mut reload_rx) = reload::channel(&config);
         let cx = BuildContext {
             provider: &provider,
             metrics: &metrics,
@@ -85,6 +88,9 @@ impl App {
             path: config_path.to_owned(),
             problems,
         })?;
+        if generates {
+            reload_rx.rebaseline(&snapshot.config);
+        }
         metrics.generation.set(1);
         metrics.ca_generation.set(1);
         let listen = snapshot.config.listen.clone();
@@ -100,6 +106,7 @@ impl App {
             minter: Minter::new(provider.clone(), MintStats::from_metrics(&metrics))?,
             metrics,
             reload,
+            refresher: Default::default(),
             provider,
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),

@@ -25,10 +25,10 @@ pub async fn handle(
     conn_guard: Arc<crate::listener::Slot>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let snap = shared.store.load();
     if req.method() != Method::CONNECT {
-        return pipeline::handle(snap, down, req).await;
+        return pipeline::handle(shared, down, req).await;
     }
+    let snap = shared.store.load();
     let mut audit = Audit::start(down.client, req.method(), "", down.in_flight.clone());
     let dest = match admit(&snap, &req, &mut audit).await {
         Ok(dest) => dest,
@@ -65,6 +65,9 @@ async fn admit(
         ProxyError::new(ErrorKind::Malformed, format!("bad CONNECT target: {m}"))
     })?;
     audit.set_destination(&dest.host, dest.port);
+    if dest.is_self_check() {
+        return Ok(dest);
+    }
     let trusted = match snap.config.policy.decide(&dest) {
         Decision::Allow { trusted } => trusted,
         Decision::DenyHost => {

@@ -9,7 +9,7 @@
 //!                      │                  200 → upgrade → ClientHello(SNI) → mint (store.ca) → TLS
 //!                      ▼                                     ▼
 //!                   pipeline ◀──────────── serve (hyper: h1 | h2 by ALPN)
-//!                      │ host==CONNECT host? (421) → framing (400) → policy (403) → swap
+//!                      │ host==CONNECT host? (421) → framing (400) → policy (403) → swap → [refresh]
 //!                      ▼
 //!                   upstream (resolve → private guard → verified rustls, pooled h1/h2) ──▶ origin
 //!                      │ response stream → strip hop-by-hop → scrub echoes → audit → downstream
@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod agent;
 pub mod app;
 pub mod audit;
 pub mod ca;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod mint;
 pub mod pipeline;
 pub mod policy;
+pub mod refresh;
 pub mod reload;
 pub mod secret;
 pub mod serve;

@@ -12,15 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::app::Shared;
 use crate::audit::{Audit, Counted, InFlight};
 use crate::error::{Body, ErrorKind, ProxyError};
 use crate::policy::{Authority, Decision};
+use crate::refresh::{self, Intercepted};
 use crate::store::Snapshot;
 use crate::swap;
 
@@ -54,17 +57,18 @@ impl Downstream {
 
 /// Handles one request; every failure becomes a response of ours.
 pub async fn handle(
-    snap: Arc<Snapshot>,
+    shared: Arc<Shared>,
     down: Arc<Downstream>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let snap = shared.store.load();
     let mut audit = Audit::start(
         down.client,
         req.method(),
         req.uri().path(),
         down.in_flight.clone(),
     );
-    let resp = match forward(&snap, &down, req, &mut audit).await {
+    let resp = match forward(&shared, &snap, &down, req, &mut audit).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(kind = e.kind.as_str(), error = %e.message, "refused or failed");
@@ -81,6 +85,7 @@ pub async fn handle(
 }
 
 async fn forward(
+    shared: &Arc<Shared>,
     snap: &Snapshot,
     down: &Downstream,
     mut req: Request<Incoming>,
@@ -88,55 +93,108 @@ async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let (dest, tls) = target(down, &req)?;
     audit.set_destination(&dest.host, dest.port);
+    check(snap, down, &dest, req.headers())?;
+    if tls && dest.is_self_check() {
+        return Ok(self_check(snap));
+    }
+    let upgrade = is_upgrade(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    audit.credentials = prepare(snap, &dest, tls, upgrade, &mut parts)?;
+    let body = Counted::new(body, audit.bytes_in()).boxed_unsync();
+    let (parts, body) = match refresh::entry_for(snap, &dest, tls, &parts).cloned() {
+        None => (parts, body),
+        Some(entry) => match refresh::intercept(shared.clone(), entry, parts, body).await? {
+            Intercepted::Answered(resp, names) => {
+                audit.credentials.extend(names);
+                return Ok(resp);
+            }
+            Intercepted::NotOurs(parts, body) => (parts, body),
+        },
+    };
+    exchange(
+        snap,
+        down,
+        Request::from_parts(parts, body),
+        downstream_upgrade,
+    )
+    .await
+}
+
+/// Framing (400) and policy (403), before anything is forwarded.
+fn check(
+    snap: &Snapshot,
+    down: &Downstream,
+    dest: &Authority,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
     if down.ambiguous_framing.load(Ordering::Relaxed) {
         return Err(ProxyError::new(
             ErrorKind::Malformed,
             "both Content-Length and Transfer-Encoding are set",
         ));
     }
-    check_framing(req.headers())?;
-    match snap.config.policy.decide(&dest) {
-        Decision::Allow { .. } => {}
-        _ => return Err(not_allowed(&dest)),
+    check_framing(headers)?;
+    match snap.config.policy.decide(dest) {
+        _ if dest.is_self_check() => Ok(()),
+        Decision::Allow { .. } => Ok(()),
+        _ => Err(not_allowed(dest)),
     }
-    let upgrade = is_upgrade(&req);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+}
+
+/// The request as it will leave: hop-by-hop headers gone, stubs swapped,
+/// absolute upstream URI. Returns the credentials swapped.
+fn prepare(
+    snap: &Snapshot,
+    dest: &Authority,
+    tls: bool,
+    upgrade: bool,
+    parts: &mut Parts,
+) -> Result<Vec<Arc<str>>, ProxyError> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::HOST);
-    audit.credentials = swap::swap_request(&mut parts.headers, &snap.credentials, &dest.host, !tls)
+    let swapped = swap::swap_request(&mut parts.headers, &snap.credentials, &dest.host, !tls)
         .map_err(|r| {
             ProxyError::new(
                 ErrorKind::Policy,
                 format!(
-                    "the {} header toward {} carries a value that is not the stub of credential \
-                     `{}`, which is required for this host",
-                    r.header, dest.host, r.credential
-                ),
+                "the {} header toward {} carries a value that is not the stub of credential `{}`, \
+                 which is required for this host",
+                r.header, dest.host, r.credential
+            ),
             )
         })?;
-    parts.uri = upstream_uri(tls, &dest, &parts.uri)?;
+    parts.uri = upstream_uri(tls, dest, &parts.uri)?;
     parts.version = Version::HTTP_11;
-    let body = Counted::new(body, audit.bytes_in()).boxed_unsync();
+    Ok(swapped)
+}
+
+/// Upstream and back: latency metric, upgrade splice, hop-by-hop strip,
+/// echo scrub. The response body streams through untouched.
+async fn exchange(
+    snap: &Snapshot,
+    down: &Downstream,
+    req: Request<Body>,
+    downstream_upgrade: Option<OnUpgrade>,
+) -> Result<Response<Body>, ProxyError> {
     let sent = std::time::Instant::now();
     let resp = snap
         .upstream
-        .send(Request::from_parts(parts, body), upgrade)
+        .send(req, downstream_upgrade.is_some())
         .await?;
-    down.in_flight
-        .metrics()
-        .upstream_latency
-        .observe(sent.elapsed().as_secs_f64());
+    let latency = sent.elapsed().as_secs_f64();
+    down.in_flight.metrics().upstream_latency.observe(latency);
     let (mut parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(down_up), Some(up_up)) = (
+    match (
         switching,
         downstream_upgrade,
         parts.extensions.remove::<OnUpgrade>(),
     ) {
-        tokio::spawn(splice(down_up, up_up));
-    } else {
-        strip_hop_by_hop(&mut parts.headers, false);
+        (true, Some(down_up), Some(up_up)) => {
+            tokio::spawn(splice(down_up, up_up));
+        }
+        _ => strip_hop_by_hop(&mut parts.headers, false),
     }
     swap::scrub_response(&mut parts.headers, &snap.credentials);
     Ok(Response::from_parts(
@@ -195,6 +253,22 @@ fn plain_target(uri: &Uri) -> Result<(Authority, bool), ProxyError> {
             "this is a proxy: send CONNECT host:port, or an absolute-form http:// request",
         )),
     }
+}
+
+/// The answer of `iron-proxy.internal` (SPEC §9): proof that the agent
+/// completed TLS with a leaf of this CA.
+fn self_check(snap: &Snapshot) -> Response<Body> {
+    let body = format!(
+        "iron-proxy ok\nca_sha256 {}\ngeneration {}\n",
+        snap.ca.fingerprint(),
+        snap.generation
+    );
+    let mut resp = Response::new(crate::error::full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 fn not_allowed(dest: &Authority) -> ProxyError {

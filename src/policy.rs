@@ -80,6 +80,12 @@ fn validate_dns_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The proxy's own host (SPEC §9): `CONNECT iron-proxy.internal:443` is
+/// always admitted and answered by the proxy itself after interception, so
+/// an agent can prove end to end that it trusts the proxy's CA. Nothing is
+/// forwarded for it.
+pub const SELF_CHECK_HOST: &str = "iron-proxy.internal";
+
 /// `host:port` of a destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Authority {
@@ -107,6 +113,12 @@ impl Authority {
             host: Host::parse(host)?,
             port,
         })
+    }
+}
+
+impl Authority {
+    pub fn is_self_check(&self) -> bool {
+        self.port == 443 && matches!(&self.host, Host::Name(n) if n == SELF_CHECK_HOST)
     }
 }
 

@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,17 +39,31 @@ use crate::swap::Credential;
 
 /// How long files must hold still before and after a build.
 const SETTLE: Duration = Duration::from_millis(100);
+/// Hashing rounds within one settle window.
+const SAMPLES: u32 = 5;
 /// Settle rounds before giving up until the next change or poll.
 const MAX_UNSTABLE_ROUNDS: usize = 50;
 
 #[derive(Debug)]
 enum Request {
     Now(oneshot::Sender<Result<u64, String>>),
-    SetCredential {
-        name: String,
-        value: Secret,
-        reply: oneshot::Sender<Result<Credential, SetError>>,
+    SetCredentials {
+        values: Vec<(String, Secret)>,
+        persist: Persist,
+        reply: oneshot::Sender<Result<Vec<Credential>, SetError>>,
     },
+}
+
+/// How a new value must reach the credential's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Written to its file first; nothing changes if that fails, and an
+    /// `env` source is refused (admin API).
+    Required,
+    /// Swapped in memory even when it cannot be written: the value was
+    /// already obtained (OAuth refresh; the old refresh token may be spent)
+    /// and losing it would be worse. A failed write is logged.
+    BestEffort,
 }
 
 /// Why `PUT /v1/credentials/{name}` did not take effect.
@@ -76,6 +91,7 @@ pub enum SetError {
 pub struct Handle {
     tx: mpsc::Sender<Request>,
     files: Arc<Notify>,
+    events: Arc<AtomicU64>,
 }
 
 /// Call before building the first snapshot from `config`: the hashes taken
@@ -87,6 +103,7 @@ pub fn channel(config: &Config) -> (Handle, Receiver) {
     let handle = Handle {
         tx,
         files: files.clone(),
+        events: Arc::default(),
     };
     (
         handle,
@@ -105,6 +122,14 @@ pub struct Receiver {
     baseline: Fingerprint,
 }
 
+impl Receiver {
+    /// Takes the baseline again, after a first build that wrote files
+    /// itself (a generated development CA), so that is not seen as a change.
+    pub fn rebaseline(&mut self, config: &Config) {
+        self.baseline = fingerprint(&watched_files(config));
+    }
+}
+
 impl Handle {
     /// Reloads everything from disk now (SIGHUP, `POST /v1/reload`);
     /// returns the new generation or every problem found.
@@ -119,10 +144,23 @@ impl Handle {
 
     /// Stores a new real value: to its file (atomically) and in memory.
     pub async fn set_credential(&self, name: &str, value: Secret) -> Result<Credential, SetError> {
+        let values = vec![(name.to_owned(), value)];
+        let mut updated = self.set_credentials(values, Persist::Required).await?;
+        updated
+            .pop()
+            .ok_or_else(|| SetError::NotFound(name.to_owned()))
+    }
+
+    /// Stores several values in one snapshot: readers see all or none.
+    pub async fn set_credentials(
+        &self,
+        values: Vec<(String, Secret)>,
+        persist: Persist,
+    ) -> Result<Vec<Credential>, SetError> {
         let (reply, rx) = oneshot::channel();
-        let req = Request::SetCredential {
-            name: name.to_owned(),
-            value,
+        let req = Request::SetCredentials {
+            values,
+            persist,
             reply,
         };
         self.tx.send(req).await.map_err(|_| SetError::Stopped)?;
@@ -131,6 +169,7 @@ impl Handle {
 
     /// A watched file may have changed (coalesced: many calls, one check).
     pub fn files_changed(&self) {
+        self.events.fetch_add(1, Ordering::SeqCst);
         self.files.notify_one();
     }
 }
@@ -139,9 +178,15 @@ type Fingerprint = Vec<(PathBuf, Option<[u8; 32]>)>;
 
 struct Reloader {
     shared: Arc<Shared>,
-    /// Hashes of the files the live snapshot (or the last failed attempt)
-    /// was built from.
+    /// The files hashed and watched: those of the live config, plus those of
+    /// the last failed attempt.
+    files: Vec<PathBuf>,
+    /// Their hashes when the live snapshot (or the last failed attempt) was
+    /// built.
     fingerprint: Fingerprint,
+    /// Change events seen by the watcher, ever: a settle window with an
+    /// event in it is not settled, whatever the samples say.
+    events: Arc<AtomicU64>,
     watcher: Option<RecommendedWatcher>,
     watched: BTreeSet<PathBuf>,
 }
@@ -150,12 +195,14 @@ struct Reloader {
 pub async fn run(shared: Arc<Shared>, mut rx: Receiver) {
     let snap = shared.store.load();
     let mut r = Reloader {
+        files: watched_files(&snap.config),
         fingerprint: std::mem::take(&mut rx.baseline),
+        events: shared.reload.events.clone(),
         shared: shared.clone(),
         watcher: None,
         watched: BTreeSet::new(),
     };
-    r.rewatch(&snap.config);
+    r.rewatch();
     let mut poll = tokio::time::interval(snap.config.reload.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drop(snap);
@@ -166,8 +213,8 @@ pub async fn run(shared: Arc<Shared>, mut rx: Receiver) {
                 Some(Request::Now(reply)) => {
                     let _ = reply.send(r.reload(true).await);
                 }
-                Some(Request::SetCredential { name, value, reply }) => {
-                    let _ = reply.send(r.set_credential(&name, value));
+                Some(Request::SetCredentials { values, persist, reply }) => {
+                    let _ = reply.send(r.set_credentials(values, persist));
                 }
                 None => return,
             },
@@ -187,33 +234,51 @@ impl Reloader {
     /// files hash as before.
     async fn reload(&mut self, forced: bool) -> Result<u64, String> {
         let current = self.shared.store.load();
-        let files = watched_files(&current.config);
+        let files = self.files.clone();
         if !forced && fingerprint(&files) == self.fingerprint {
             return Ok(current.generation);
         }
-        let Some(before) = settled(&files).await else {
+        let Some(before) = settled(&files, &self.events).await else {
             tracing::warn!("watched files keep changing; will retry on the next change or poll");
             return Err("watched files keep changing; retry when writers are done".into());
         };
+        if !forced && before == self.fingerprint {
+            return Ok(current.generation); // rewritten with the same bytes
+        }
+        let events = self.events.load(Ordering::SeqCst);
+        let config = Config::load(&current.config.path);
+        // A failed attempt may name files the live config does not (a
+        // credential file not created yet): watch those too, so creating
+        // them retries.
+        let mut attempted = watched_files(&current.config);
+        if let Ok(c) = &config {
+            attempted.extend(
+                watched_files(c)
+                    .into_iter()
+                    .filter(|f| !attempted.contains(f))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let attempted_fingerprint = fingerprint(&attempted);
         let cx = BuildContext {
             provider: &self.shared.provider,
             metrics: &self.shared.metrics,
             mode: BuildMode::Run,
         };
-        let built = Config::load(&current.config.path)
+        let built = config
             .map_err(|e| e.to_string())
-            .and_then(|config| {
-                Snapshot::build(config, Some(&current), cx).map_err(|ps| problems_text(&ps))
-            });
-        if fingerprint(&files) != before {
+            .and_then(|c| Snapshot::build(c, Some(&current), cx).map_err(|ps| problems_text(&ps)));
+        if fingerprint(&files) != before || self.events.load(Ordering::SeqCst) != events {
             // A writer got in during the build: what was read may be torn.
             self.shared.reload.files_changed();
             return Err("a watched file changed during the reload; retrying".into());
         }
-        self.fingerprint = before;
         match built {
             Ok(next) => Ok(self.publish(next, &current)),
             Err(problems) => {
+                self.files = attempted;
+                self.fingerprint = attempted_fingerprint;
+                self.rewatch();
                 self.shared.metrics.reload_failures.inc();
                 tracing::error!(problems = %problems, "reload failed; still serving generation {}", current.generation);
                 Err(problems)
@@ -242,49 +307,60 @@ impl Reloader {
             .set(i64::try_from(next.ca_generation).unwrap_or(i64::MAX));
         self.shared.store.replace(next);
         self.shared.metrics.reloads.inc();
-        self.fingerprint = fingerprint(&watched_files(&config));
-        self.rewatch(&config);
+        self.files = watched_files(&config);
+        self.fingerprint = fingerprint(&self.files);
+        self.rewatch();
         tracing::info!(generation, ca_changed, "reloaded");
         generation
     }
 
-    fn set_credential(&mut self, name: &str, value: Secret) -> Result<Credential, SetError> {
+    fn set_credentials(
+        &mut self,
+        values: Vec<(String, Secret)>,
+        persist: Persist,
+    ) -> Result<Vec<Credential>, SetError> {
         let current = self.shared.store.load();
-        let cred = current
-            .credential(name)
-            .ok_or_else(|| SetError::NotFound(name.to_owned()))?;
-        match &cred.source {
-            Source::Env(var) => {
+        for (name, _) in &values {
+            let cred = current
+                .credential(name)
+                .ok_or_else(|| SetError::NotFound(name.clone()))?;
+            if let (Source::Env(var), Persist::Required) = (&cred.source, persist) {
                 return Err(SetError::EnvSource {
-                    name: name.to_owned(),
+                    name: name.clone(),
                     var: var.clone(),
-                })
-            }
-            Source::File(path) => {
-                write_atomically(path, value.expose().as_bytes()).map_err(|source| {
-                    SetError::Write {
-                        name: name.to_owned(),
-                        path: path.clone(),
-                        source,
-                    }
-                })?
+                });
             }
         }
-        let next = current
-            .with_credential(name, value)
-            .ok_or_else(|| SetError::NotFound(name.to_owned()))?;
-        let updated = next
-            .credential(name)
-            .cloned()
-            .ok_or_else(|| SetError::NotFound(name.to_owned()))?;
+        let mut next = (*current).clone();
+        for (name, value) in values.iter().cloned() {
+            if let Err(e) = persist_value(&current, &name, &value) {
+                match persist {
+                    Persist::Required => return Err(e),
+                    Persist::BestEffort => {
+                        tracing::error!(error = %e, "kept the new value in memory only; it is lost on restart")
+                    }
+                }
+            }
+            next = next
+                .with_credential(&name, value)
+                .ok_or_else(|| SetError::NotFound(name.clone()))?;
+        }
+        next.generation = current.generation + 1;
+        let updated: Vec<Credential> = values
+            .iter()
+            .filter_map(|(n, _)| next.credential(n).cloned())
+            .collect();
         self.publish(next, &current);
-        tracing::info!(credential = name, sha256 = %updated.real.sha256_prefix(), "credential updated through the admin API");
+        for c in &updated {
+            tracing::info!(credential = %c.name, sha256 = %c.real.sha256_prefix(), "credential updated");
+        }
         Ok(updated)
     }
 
     /// Watches the directories holding every watched file.
-    fn rewatch(&mut self, config: &Config) {
-        let dirs: BTreeSet<PathBuf> = watched_files(config)
+    fn rewatch(&mut self) {
+        let dirs: BTreeSet<PathBuf> = self
+            .files
             .iter()
             .map(|f| match f.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -318,6 +394,23 @@ impl Reloader {
     }
 }
 
+fn persist_value(snap: &Snapshot, name: &str, value: &Secret) -> Result<(), SetError> {
+    match snap.credential(name).map(|c| &c.source) {
+        Some(Source::File(path)) => {
+            write_atomically(path, value.expose().as_bytes()).map_err(|source| SetError::Write {
+                name: name.to_owned(),
+                path: path.clone(),
+                source,
+            })
+        }
+        Some(Source::Env(var)) => Err(SetError::EnvSource {
+            name: name.to_owned(),
+            var: var.clone(),
+        }),
+        None => Err(SetError::NotFound(name.to_owned())),
+    }
+}
+
 /// Every file a snapshot is built from.
 fn watched_files(config: &Config) -> Vec<PathBuf> {
     let mut files = vec![
@@ -348,15 +441,23 @@ fn fingerprint(files: &[PathBuf]) -> Fingerprint {
 }
 
 /// The fingerprint once the files hold still for `SETTLE`.
-async fn settled(files: &[PathBuf]) -> Option<Fingerprint> {
-    let mut last = fingerprint(files);
+async fn settled(files: &[PathBuf], events: &AtomicU64) -> Option<Fingerprint> {
     for _ in 0..MAX_UNSTABLE_ROUNDS {
-        tokio::time::sleep(SETTLE).await;
-        let now = fingerprint(files);
-        if now == last {
-            return Some(now);
+        let seen = events.load(Ordering::SeqCst);
+        let first = fingerprint(files);
+        let mut stable = true;
+        // Several samples, so a writer cycling in step with the window
+        // cannot look still to two of them.
+        for _ in 0..SAMPLES {
+            tokio::time::sleep(SETTLE / SAMPLES).await;
+            if fingerprint(files) != first {
+                stable = false;
+                break;
+            }
         }
-        last = now;
+        if stable && events.load(Ordering::SeqCst) == seen {
+            return Some(first);
+        }
     }
     None
 }
@@ -439,7 +540,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
         });
-        let fp = settled(&files).await.unwrap();
+        let fp = settled(&files, &AtomicU64::new(0)).await.unwrap();
         writer.await.unwrap();
         assert_eq!(
             fp,

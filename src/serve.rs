@@ -112,10 +112,7 @@ where
 {
     let service = {
         let (shared, down) = (shared.clone(), down.clone());
-        service_fn(move |req| {
-            let snap = shared.store.load();
-            pipeline::handle(snap, down.clone(), req)
-        })
+        service_fn(move |req| pipeline::handle(shared.clone(), down.clone(), req))
     };
     if h2 {
         let conn = http2::Builder::new(TokioExecutor::new())

@@ -76,14 +76,20 @@ fn the_shipped_config_validates() {
     Config::load(&root.join("config/iron-proxy.toml")).unwrap();
 }
 
+/// Command lines of both binaries, as argument vectors.
 fn command_lines(body: &str) -> Vec<Vec<String>> {
     body.lines()
         .map(|l| l.trim().trim_start_matches("$ "))
         .filter_map(|l| {
-            let rest = l
-                .strip_prefix("iron-proxy ")
-                .or_else(|| l.strip_prefix("cargo run --release -- "))?;
-            let mut args = vec!["iron-proxy".to_owned()];
+            let (bin, rest) = if let Some(rest) = l.strip_prefix("iron-agent ") {
+                ("iron-agent", rest)
+            } else {
+                let rest = l
+                    .strip_prefix("iron-proxy ")
+                    .or_else(|| l.strip_prefix("cargo run --release -- "))?;
+                ("iron-proxy", rest)
+            };
+            let mut args = vec![bin.to_owned()];
             args.extend(shlex::split(rest).unwrap_or_else(|| panic!("cannot split `{l}`")));
             Some(args)
         })
@@ -100,7 +106,11 @@ fn every_command_line_parses() {
                 continue;
             }
             for args in command_lines(&body) {
-                if let Err(e) = Cli::try_parse_from(&args) {
+                let parsed = match args[0].as_str() {
+                    "iron-agent" => iron_proxy::agent::Cli::try_parse_from(&args).map(drop),
+                    _ => Cli::try_parse_from(&args).map(drop),
+                };
+                if let Err(e) = parsed {
                     panic!(
                         "{}:{line}: `{}` does not parse:\n{e}",
                         file.display(),

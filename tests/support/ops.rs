@@ -272,3 +272,43 @@ impl ProxyHandle {
         write_atomic(&self.config_path, next.as_bytes());
     }
 }
+
+/// Add `[admin] token_file` to `config`: the token (plus the trailing
+/// newline editors add) goes to a file in a new directory, returned so the
+/// caller keeps it alive.
+pub fn with_admin_token(
+    config: super::ProxyConfig,
+    token: &str,
+) -> (super::ProxyConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin-token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    let toml = format!(
+        "[admin]\ntoken_file = {}\n",
+        super::qs(path.to_str().unwrap())
+    );
+    (config.extra(&toml), dir)
+}
+
+/// A CA pair (ECDSA P-256) as `iron-proxy` accepts it: cert PEM, key PEM.
+pub fn ca_pair(common_name: &str) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `config` with `ca.crt`/`ca.key` written before start, so the proxy does
+/// not generate its dev CA (and nothing changes on disk after it starts).
+pub fn with_existing_ca(config: super::ProxyConfig) -> super::ProxyConfig {
+    let (cert, key) = ca_pair("iron-proxy test CA A");
+    config
+        .file("ca.crt", cert.as_bytes())
+        .file("ca.key", key.as_bytes())
+}

@@ -48,6 +48,8 @@ pub struct ProxyConfig {
     extra: String,
     /// Environment variables set on the proxy child only.
     env: Vec<(String, String)>,
+    /// Files written into the proxy's directory before it starts.
+    files: Vec<(String, Vec<u8>)>,
 }
 
 // === impl ProxyConfig ===
@@ -140,12 +142,22 @@ impl ProxyConfig {
         self
     }
 
+    /// Write `<dir>/<name>` before the proxy starts (e.g. `ca.crt`, so the
+    /// dev CA is not generated at startup).
+    pub fn file(mut self, name: &str, bytes: &[u8]) -> Self {
+        self.files.push((name.to_string(), bytes.to_vec()));
+        self
+    }
+
     fn last_credential(&mut self) -> &mut Credential {
         self.credentials.last_mut().expect("add a credential first")
     }
 
     /// Write secret and CA files into `dir` and return the config text.
     pub fn render(&self, dir: &Path) -> String {
+        for (name, bytes) in &self.files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
         let mut out = String::new();
         out += "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n";
         out += &format!(
