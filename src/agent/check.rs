@@ -153,6 +153,7 @@ async fn network_checks(
         get_through(&proxy_addr, "iron-proxy.internal:443", &tls, "GET"),
     )
     .await;
+    let proxy_answered = matches!(self_check, Ok(Ok(_)) | Ok(Err(Stage::Tls(_))));
     match self_check {
         Err(_) => out.push(("proxy reachable", Err(format!("no answer from {proxy_addr} within {TIMEOUT:?}; check the address and any NetworkPolicy")))),
         Ok(Err(Stage::Connect(e))) => out.push(("proxy reachable", Err(e))),
@@ -176,6 +177,11 @@ async fn network_checks(
     } else {
         format!("{host}:443")
     };
+    if !proxy_answered {
+        let skipped = format!("{target}: not tried, the proxy did not answer");
+        out.push(("allowlisted host", Err(skipped)));
+        return out;
+    }
     let reach =
         tokio::time::timeout(TIMEOUT, get_through(&proxy_addr, &target, &tls, "HEAD")).await;
     out.push((

@@ -18,6 +18,8 @@
 #![allow(missing_debug_implementations)]
 
 mod client;
+pub mod git_server;
+pub mod oauth_server;
 mod ops;
 mod proxy;
 mod routes;

@@ -101,3 +101,42 @@ pub fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
 pub const ALPN_BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
 pub const ALPN_H1: &[&[u8]] = &[b"http/1.1"];
 pub const ALPN_H2: &[&[u8]] = &[b"h2"];
+
+/// Serves HTTPS (HTTP/1.1 or HTTP/2, by ALPN) on `listener` with `handle`
+/// until the returned sender fires or is dropped. For the small purpose-built
+/// servers (git, OAuth); the general upstream has its own loop with options.
+pub fn serve_https<H, F, B>(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handle: H,
+) -> tokio::sync::oneshot::Sender<()>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return,
+                accepted = listener.accept() => {
+                    let Ok((tcp, _)) = accepted else { continue };
+                    let (acceptor, handle) = (acceptor.clone(), handle.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let service = hyper::service::service_fn(handle);
+                        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            .await;
+                    });
+                }
+            }
+        }
+    });
+    stop_tx
+}
