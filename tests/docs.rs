@@ -155,3 +155,49 @@ fn metrics_doc_matches_the_registry() {
         "docs/metrics.md and the registry disagree"
     );
 }
+
+/// Every key the parser accepts, read from the parser itself: a probe key
+/// in each table makes serde list the fields it expected.
+fn parser_keys() -> Vec<String> {
+    let probes = [
+        ("listen", "[listen]\nzzz = 1\n"),
+        ("admin", "[admin]\nzzz = 1\n"),
+        ("ca", "[ca]\nzzz = 1\n"),
+        ("upstream", "[upstream]\nzzz = 1\n"),
+        ("limits", "[limits]\nzzz = 1\n"),
+        ("reload", "[reload]\nzzz = 1\n"),
+        ("allow", "[[allow]]\nzzz = 1\n"),
+        ("credential", "[[credential]]\nzzz = 1\n"),
+        ("credential.source", "[[credential]]\nsource = { zzz = 1 }\n"),
+        ("oauth_refresh", "[[oauth_refresh]]\nzzz = 1\n"),
+    ];
+    let mut keys = Vec::new();
+    for (section, text) in probes {
+        let err = Config::parse(text, Path::new("probe.toml")).unwrap_err().to_string();
+        let line = err
+            .lines()
+            .find(|l| l.contains("unknown field `zzz`"))
+            .unwrap_or_else(|| panic!("no field list for {section}: {err}"));
+        let expected = line.split("expected ").nth(1).unwrap_or("");
+        let fields: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert!(!fields.is_empty(), "no fields parsed for {section}: {line}");
+        keys.extend(fields.iter().map(|f| format!("{section}.{f}")));
+    }
+    keys
+}
+
+#[test]
+fn every_config_key_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let keys = parser_keys();
+    assert!(keys.len() > 30, "too few keys found: {keys:?}");
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| {
+            let field = k.rsplit('.').next().unwrap_or(k);
+            !doc.contains(&format!("| `{field}` |")) && !doc.contains(&format!("`{field} ="))
+        })
+        .collect();
+    assert!(missing.is_empty(), "keys missing from docs/configuration.md: {missing:?}");
+}
