@@ -47,9 +47,11 @@ pub async fn tunnel(
 ) {
     let snap = shared.store.load();
     let limits = snap.config.limits.clone();
+    // Boxed: the handshake's state is large and short-lived; inline, it
+    // would stay in the size of every idle tunnel's task.
     let accepted = tokio::time::timeout(
         limits.tls_handshake_timeout,
-        handshake(&shared, &snap, &dest, upgraded),
+        Box::pin(handshake(&shared, &snap, &dest, upgraded)),
     )
     .await
     .unwrap_or(Err(TunnelError::Timeout(limits.tls_handshake_timeout)));
