@@ -168,12 +168,17 @@ fn parser_keys() -> Vec<String> {
         ("reload", "[reload]\nzzz = 1\n"),
         ("allow", "[[allow]]\nzzz = 1\n"),
         ("credential", "[[credential]]\nzzz = 1\n"),
-        ("credential.source", "[[credential]]\nsource = { zzz = 1 }\n"),
+        (
+            "credential.source",
+            "[[credential]]\nsource = { zzz = 1 }\n",
+        ),
         ("oauth_refresh", "[[oauth_refresh]]\nzzz = 1\n"),
     ];
     let mut keys = Vec::new();
     for (section, text) in probes {
-        let err = Config::parse(text, Path::new("probe.toml")).unwrap_err().to_string();
+        let err = Config::parse(text, Path::new("probe.toml"))
+            .unwrap_err()
+            .to_string();
         let line = err
             .lines()
             .find(|l| l.contains("unknown field `zzz`"))
@@ -199,5 +204,8 @@ fn every_config_key_is_documented() {
             !doc.contains(&format!("| `{field}` |")) && !doc.contains(&format!("`{field} ="))
         })
         .collect();
-    assert!(missing.is_empty(), "keys missing from docs/configuration.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keys missing from docs/configuration.md: {missing:?}"
+    );
 }
