@@ -436,6 +436,25 @@ async fn metrics_cover_every_family_with_sane_values_and_no_secret() {
     }
     no_secret_in(&text);
 
+    // docs/metrics.md names exactly the families a live proxy exposes.
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let documented: std::collections::BTreeSet<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("iron_proxy_"))
+        .collect();
+    let live: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(
+        documented, live,
+        "docs/metrics.md and a live /metrics disagree"
+    );
+
     // Rotations move the reload counters, and still no value shows.
     let put = proxy
         .admin("PUT", "/v1/credentials/gh", Some(TOKEN), NEW.as_bytes())
