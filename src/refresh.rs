@@ -110,9 +110,10 @@ pub fn entry_for<'a>(
     }
     snap.config.oauth_refresh.iter().find(|e| {
         let url = &e.token_url;
-        let host_ok = url
-            .host()
-            .is_some_and(|h| dest.host.to_string().eq_ignore_ascii_case(h));
+        let host_ok = url.host().is_some_and(|h| match &dest.host {
+            crate::policy::Host::Name(n) => n.eq_ignore_ascii_case(h),
+            crate::policy::Host::Ip(ip) => h.trim_matches(['[', ']']).parse() == Ok(*ip),
+        });
         host_ok && url.port_u16().unwrap_or(443) == dest.port && url.path() == parts.uri.path()
     })
 }

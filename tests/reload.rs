@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use support::*;
 
 const STUB: &str = "github-token-stub";
@@ -641,27 +640,7 @@ async fn streaming_request_survives_rotation(h2: bool) {
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let frame = within("first SSE event", body.frame()).await;
-        let data = frame.expect("stream ended before the first event").unwrap();
-        text.push_str(&String::from_utf8_lossy(
-            &data.into_data().unwrap_or_default(),
-        ));
-    }
-    let rest = tokio::spawn(async move {
-        let mut text = text;
-        while let Some(frame) = within("next SSE frame", body.frame()).await {
-            match frame {
-                Ok(frame) => text.push_str(&String::from_utf8_lossy(
-                    &frame.into_data().unwrap_or_default(),
-                )),
-                Err(e) => return (text, Some(e.to_string())),
-            }
-        }
-        (text, None)
-    });
+    let rest = sse_after_first_event(response.into_body()).await;
 
     write_atomic(&proxy.secret_path("gh"), NEW.as_bytes());
     proxy.wait_reloaded(1).await;

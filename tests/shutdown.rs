@@ -38,27 +38,7 @@ async fn sse_survives_sigterm(h2: bool) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let frame = within("first SSE event", body.frame()).await;
-        let data = frame.expect("stream ended before the first event").unwrap();
-        text.push_str(&String::from_utf8_lossy(
-            &data.into_data().unwrap_or_default(),
-        ));
-    }
-    let rest = tokio::spawn(async move {
-        let mut text = text;
-        while let Some(frame) = within("next SSE frame", body.frame()).await {
-            match frame {
-                Ok(frame) => text.push_str(&String::from_utf8_lossy(
-                    &frame.into_data().unwrap_or_default(),
-                )),
-                Err(e) => return (text, Some(e.to_string())),
-            }
-        }
-        (text, None)
-    });
+    let rest = sse_after_first_event(response.into_body()).await;
 
     sigterm(&proxy);
     eventually!(

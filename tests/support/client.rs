@@ -337,3 +337,31 @@ impl Client {
 pub async fn pause(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
+
+/// Reads an SSE response body up to its first event, then goes on reading it
+/// in a task, which returns all the text read and the error that ended the
+/// stream, if any.
+pub async fn sse_after_first_event(
+    mut body: hyper::body::Incoming,
+) -> tokio::task::JoinHandle<(String, Option<String>)> {
+    use http_body_util::BodyExt;
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame = super::within("first SSE event", body.frame()).await;
+        let data = frame.expect("stream ended before the first event").unwrap();
+        text.push_str(&String::from_utf8_lossy(
+            &data.into_data().unwrap_or_default(),
+        ));
+    }
+    tokio::spawn(async move {
+        while let Some(frame) = super::within("next SSE frame", body.frame()).await {
+            match frame {
+                Ok(frame) => text.push_str(&String::from_utf8_lossy(
+                    &frame.into_data().unwrap_or_default(),
+                )),
+                Err(e) => return (text, Some(e.to_string())),
+            }
+        }
+        (text, None)
+    })
+}
