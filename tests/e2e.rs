@@ -78,6 +78,19 @@ async fn sh_raw(home: &Path, script: &str, env: Vec<(&'static str, String)>) -> 
         .unwrap()
 }
 
+/// An upstream, a proxy holding the real access token for it, an agent home
+/// prepared by `iron-agent setup`, and the upstream's `/echo` URL.
+async fn access_agent() -> (Upstream, ProxyHandle, tempfile::TempDir, String) {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream)
+        .allow("api.test", &[upstream.port])
+        .credential("claude-access", ACCESS_STUB, REAL_ACCESS, &["api.test"]);
+    let proxy = start_proxy(config).await;
+    let home = agent_home(&proxy).await;
+    let url = format!("https://api.test:{}/echo", upstream.port);
+    (upstream, proxy, home, url)
+}
+
 /// `script` after sourcing the env file `setup` wrote: its only config.
 async fn sh(home: &Path, script: &str, env: Vec<(&'static str, String)>) -> Output {
     let script = format!(". \"$HOME/.config/iron-agent/env\" && {script}");
@@ -89,13 +102,7 @@ async fn curl_configured_by_the_env_file_gets_the_real_token() {
     if !installed("curl") {
         return;
     }
-    let upstream = start_upstream(UpstreamOpts::default()).await;
-    let config = ProxyConfig::new(&upstream)
-        .allow("api.test", &[upstream.port])
-        .credential("claude-access", ACCESS_STUB, REAL_ACCESS, &["api.test"]);
-    let proxy = start_proxy(config).await;
-    let home = agent_home(&proxy).await;
-    let url = format!("https://api.test:{}/echo", upstream.port);
+    let (upstream, _proxy, home, url) = access_agent().await;
     let script = r#"curl -q -sS --fail --max-time 20 -H "Authorization: Bearer $IRON_AGENT_ACCESS_STUB" "$URL""#;
     let out = sh(home.path(), script, vec![("URL", url)]).await;
     assert!(out.status.success(), "curl: {}", describe(&out));
@@ -117,13 +124,7 @@ async fn python_urllib_configured_by_the_env_file_gets_the_real_token() {
     if !installed("python3") {
         return;
     }
-    let upstream = start_upstream(UpstreamOpts::default()).await;
-    let config = ProxyConfig::new(&upstream)
-        .allow("api.test", &[upstream.port])
-        .credential("claude-access", ACCESS_STUB, REAL_ACCESS, &["api.test"]);
-    let proxy = start_proxy(config).await;
-    let home = agent_home(&proxy).await;
-    let url = format!("https://api.test:{}/echo", upstream.port);
+    let (upstream, proxy, home, url) = access_agent().await;
     let env = || vec![("URL", url.clone()), ("PY", PY_GET.to_string())];
     // urllib's default context trusts SSL_CERT_FILE: no explicit cafile.
     let out = sh(home.path(), r#"python3 -c "$PY""#, env()).await;

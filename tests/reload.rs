@@ -399,23 +399,13 @@ async fn slow_non_atomic_writer_never_exposes_a_half_written_token() {
 async fn a_file_that_never_holds_still_is_never_published_half_written() {
     let (up, proxy) = setup(|c| c).await;
     let path = proxy.secret_path("gh");
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        let bytes = format!("{OLD}\n").into_bytes();
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while std::time::Instant::now() < deadline {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
-            file.write_all(&bytes[..bytes.len() / 2]).unwrap();
-            std::thread::sleep(Duration::from_millis(30));
-            file.write_all(&bytes[bytes.len() / 2..]).unwrap();
-            drop(file);
-            std::thread::sleep(Duration::from_millis(30));
-        }
-    });
+    let writer = split_writes(
+        &path,
+        format!("{OLD}\n").into_bytes(),
+        30,
+        30,
+        Duration::from_secs(2),
+    );
     let mut client = h2_client(proxy.proxy_addr, "api.test", up.port, &proxy.ca_pem).await;
     let mut seen = std::collections::BTreeMap::new();
     while !writer.is_finished() {
@@ -558,10 +548,23 @@ async fn rewriting_identical_content_does_not_reload() {
 /// 100 ms apart both see it half-written (period 70 ms, half for 20 ms),
 /// so it never holds another content across a settle window.
 fn slow_identical_rewrites(path: &Path, total: Duration) -> std::thread::JoinHandle<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    split_writes(path, bytes, 20, 50, total)
+}
+
+/// A non-atomic writer: truncate, write half of `bytes`, wait `gap_ms`,
+/// write the rest, wait `pause_ms`; again and again for `total`. Returns
+/// the number of rounds.
+fn split_writes(
+    path: &Path,
+    bytes: Vec<u8>,
+    gap_ms: u64,
+    pause_ms: u64,
+    total: Duration,
+) -> std::thread::JoinHandle<usize> {
     let path = path.to_path_buf();
     std::thread::spawn(move || {
         use std::io::Write;
-        let bytes = std::fs::read(&path).unwrap();
         let deadline = std::time::Instant::now() + total;
         let mut rounds = 0;
         while std::time::Instant::now() < deadline {
@@ -571,10 +574,10 @@ fn slow_identical_rewrites(path: &Path, total: Duration) -> std::thread::JoinHan
                 .open(&path)
                 .unwrap();
             file.write_all(&bytes[..bytes.len() / 2]).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(gap_ms));
             file.write_all(&bytes[bytes.len() / 2..]).unwrap();
             drop(file);
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(pause_ms));
             rounds += 1;
         }
         rounds
