@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::policy::{AllowRule, Host, HostPattern, Policy};
+use crate::policy::{Host, HostPattern, Policy};
 
 /// One problem, with the key path it concerns (`credential[1].stub`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,10 +344,6 @@ pub fn pattern_text(p: &HostPattern) -> String {
         HostPattern::Ip(ip) => ip.to_string(),
         HostPattern::Cidr(net) => net.to_string(),
     }
-}
-
-fn build_policy(rules: Vec<AllowRule>) -> Policy {
-    Policy::new(rules)
 }
 
 #[cfg(test)]

@@ -76,18 +76,22 @@ impl ProxyError {
         }
     }
 
-    /// A short plain-text response: one line, the kind in a header.
-    pub fn to_response(&self) -> Response<Body> {
+    /// The one-line body: a message must not be able to forge more lines.
+    fn body_line(&self) -> String {
         let mut line = String::with_capacity(self.message.len() + 13);
         line.push_str("iron-proxy: ");
-        // One line only: a message must not be able to forge more lines.
         line.extend(
             self.message
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c }),
         );
         line.push('\n');
-        let mut resp = Response::new(full(line));
+        line
+    }
+
+    /// A short plain-text response: one line, the kind in a header.
+    pub fn to_response(&self) -> Response<Body> {
+        let mut resp = Response::new(full(self.body_line()));
         *resp.status_mut() = self.kind.status();
         let headers = resp.headers_mut();
         headers.insert(
@@ -96,6 +100,22 @@ impl ProxyError {
         );
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.kind.as_str()));
         resp
+    }
+
+    /// The same response as raw HTTP/1.1 bytes, then close: for refusals
+    /// written before any HTTP parser runs (over `limits.max_connections`).
+    pub fn to_http1_close(&self) -> Vec<u8> {
+        let body = self.body_line();
+        let status = self.kind.status();
+        format!(
+            "HTTP/1.1 {} {}\r\n{ERROR_HEADER}: {}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.kind.as_str(),
+            body.len(),
+        )
+        .into_bytes()
     }
 }
 
@@ -123,6 +143,17 @@ mod tests {
         let text = std::str::from_utf8(&body).unwrap();
         assert_eq!(text.lines().count(), 1);
         assert!(text.contains("evil.test:443"));
+    }
+
+    #[test]
+    fn raw_refusal_is_a_complete_http1_response() {
+        let bytes = ProxyError::new(ErrorKind::Overloaded, "too many").to_http1_close();
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(head.contains("x-iron-proxy-error: overloaded"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(body, "iron-proxy: too many\n");
     }
 
     #[test]

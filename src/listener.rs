@@ -16,12 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::Shared;
+use crate::error::{ErrorKind, ProxyError};
 use crate::framing::Watched;
 use crate::pipeline::Downstream;
-
-const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-iron-proxy-error: overloaded\r\n\
-content-type: text/plain; charset=utf-8\r\ncontent-length: 65\r\nconnection: close\r\n\r\n\
-iron-proxy: too many connections (limits.max_connections); retry\n";
 
 /// One admitted downstream connection: its permit under `max_connections`
 /// and its place in `iron_proxy_open_connections`, released together when
@@ -87,7 +84,11 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener, max_connections: us
 
 async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(OVERLOADED).await;
+        let refusal = ProxyError::new(
+            ErrorKind::Overloaded,
+            "too many connections (limits.max_connections); retry",
+        );
+        let _ = stream.write_all(&refusal.to_http1_close()).await;
         let _ = stream.shutdown().await;
     })
     .await;

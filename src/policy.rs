@@ -262,7 +262,12 @@ impl Policy {
         &self.rules
     }
 
+    /// The proxy's own self-check host is always allowed and trusted: it is
+    /// answered by the proxy and never dialled.
     pub fn decide(&self, dest: &Authority) -> Decision {
+        if dest.is_self_check() {
+            return Decision::Allow { trusted: true };
+        }
         let mut host_matched = false;
         for rule in self.rules.iter().filter(|r| r.pattern.matches(&dest.host)) {
             host_matched = true;
@@ -439,6 +444,17 @@ mod tests {
         assert_eq!(
             p.decide(&auth("a.example.com:80").unwrap()),
             Decision::DenyPort
+        );
+    }
+
+    #[test]
+    fn the_self_check_host_is_allowed_on_443_only() {
+        let p = policy(&[]);
+        let own = auth("iron-proxy.internal:443").unwrap();
+        assert_eq!(p.decide(&own), Decision::Allow { trusted: true });
+        assert_eq!(
+            p.decide(&auth("iron-proxy.internal:80").unwrap()),
+            Decision::DenyHost
         );
     }
 

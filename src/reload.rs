@@ -91,6 +91,8 @@ pub enum SetError {
 pub struct Handle {
     tx: mpsc::Sender<Request>,
     files: Arc<Notify>,
+    /// Change events seen by the watcher, ever: a settle window with an
+    /// event in it is not settled, whatever the samples say.
     events: Arc<AtomicU64>,
 }
 
@@ -184,9 +186,6 @@ struct Reloader {
     /// Their hashes when the live snapshot (or the last failed attempt) was
     /// built.
     fingerprint: Fingerprint,
-    /// Change events seen by the watcher, ever: a settle window with an
-    /// event in it is not settled, whatever the samples say.
-    events: Arc<AtomicU64>,
     watcher: Option<RecommendedWatcher>,
     watched: BTreeSet<PathBuf>,
 }
@@ -197,7 +196,6 @@ pub async fn run(shared: Arc<Shared>, mut rx: Receiver) {
     let mut r = Reloader {
         files: watched_files(&snap.config),
         fingerprint: std::mem::take(&mut rx.baseline),
-        events: shared.reload.events.clone(),
         shared: shared.clone(),
         watcher: None,
         watched: BTreeSet::new(),
@@ -238,14 +236,14 @@ impl Reloader {
         if !forced && fingerprint(&files) == self.fingerprint {
             return Ok(current.generation);
         }
-        let Some(before) = settled(&files, &self.events).await else {
+        let Some(before) = settled(&files, &self.shared.reload.events).await else {
             tracing::warn!("watched files keep changing; will retry on the next change or poll");
             return Err("watched files keep changing; retry when writers are done".into());
         };
         if !forced && before == self.fingerprint {
             return Ok(current.generation); // rewritten with the same bytes
         }
-        let events = self.events.load(Ordering::SeqCst);
+        let events = self.shared.reload.events.load(Ordering::SeqCst);
         let config = Config::load(&current.config.path);
         // A failed attempt may name files the live config does not (a
         // credential file not created yet): watch those too, so creating
@@ -268,7 +266,9 @@ impl Reloader {
         let built = config
             .map_err(|e| e.to_string())
             .and_then(|c| Snapshot::build(c, Some(&current), cx).map_err(|ps| problems_text(&ps)));
-        if fingerprint(&files) != before || self.events.load(Ordering::SeqCst) != events {
+        if fingerprint(&files) != before
+            || self.shared.reload.events.load(Ordering::SeqCst) != events
+        {
             // A writer got in during the build: what was read may be torn.
             self.shared.reload.files_changed();
             return Err("a watched file changed during the reload; retrying".into());

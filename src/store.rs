@@ -107,7 +107,7 @@ impl Snapshot {
             leaves,
             trust_bundle,
             upstream,
-            admin_token: admin_token.flatten(),
+            admin_token,
         })
     }
 
@@ -175,17 +175,12 @@ pub fn read_source(source: &Source) -> Result<Secret, String> {
     Secret::from_bytes(&bytes).map_err(|e| format!("{source}: {e}"))
 }
 
-fn read_admin_token(config: &Config, problems: &mut Vec<Problem>) -> Option<Option<Secret>> {
-    let Some(path) = &config.admin.token_file else {
-        return Some(None);
-    };
-    match read_source(&Source::File(path.clone())) {
-        Ok(token) => Some(Some(token)),
-        Err(m) => {
-            problems.push(Problem::new("admin.token_file", m));
-            None
-        }
-    }
+/// `None` without a token file; a problem when the file is unusable.
+fn read_admin_token(config: &Config, problems: &mut Vec<Problem>) -> Option<Secret> {
+    let path = config.admin.token_file.as_ref()?;
+    read_source(&Source::File(path.clone()))
+        .map_err(|m| problems.push(Problem::new("admin.token_file", m)))
+        .ok()
 }
 
 fn load_ca(

@@ -401,8 +401,13 @@ impl Upstream {
         } else {
             &self.pooled
         };
-        let host = req.uri().host().unwrap_or("upstream").to_owned();
-        client.request(req).await.map_err(|e| classify(&e, &host))
+        // Only the error path names the host: keep the URI (shared bytes),
+        // not a copy of the host, per request.
+        let uri = req.uri().clone();
+        client
+            .request(req)
+            .await
+            .map_err(|e| classify(&e, uri.host().unwrap_or("upstream")))
     }
 }
 

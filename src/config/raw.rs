@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{
-    build_policy, duration, validate_credentials, validate_refresh, Admin, Ca, Config,
-    CredentialConfig, Limits, Listen, OAuthRefresh, Problem, Reload, Source, Upstream,
+    duration, validate_credentials, validate_refresh, Admin, Ca, Config, CredentialConfig, Limits,
+    Listen, OAuthRefresh, Problem, Reload, Source, Upstream,
 };
 use crate::policy::{AllowRule, Host, HostPattern};
 
@@ -254,7 +254,7 @@ pub(super) fn parse(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Opt
         .into_iter()
         .filter_map(|(i, r)| allow_rule(&mut cx, i, r))
         .collect();
-    let policy = build_policy(rules);
+    let policy = crate::policy::Policy::new(rules);
     let creds: Vec<(usize, CredentialConfig)> = cx
         .array::<RawCredential>(&table, "credential")
         .into_iter()
