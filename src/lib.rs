@@ -13,7 +13,8 @@
 //!                      ▼
 //!                   upstream (resolve → private guard → verified rustls, pooled h1/h2) ──▶ origin
 //!                      │ response stream → strip hop-by-hop → scrub echoes → audit → downstream
-//! store (ArcSwap<Snapshot>) ◀── app::reload (SIGHUP)      admin ── reads store
+//! store (ArcSwap<Snapshot>) ◀── reload (files | poll | SIGHUP | POST /v1/reload | PUT credential)
+//! admin ── reads store + metrics, asks reload
 //! ```
 //!
 //! Live state is one immutable [`store::Snapshot`] swapped whole; real

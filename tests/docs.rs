@@ -209,3 +209,29 @@ fn every_config_key_is_documented() {
         "keys missing from docs/configuration.md: {missing:?}"
     );
 }
+
+/// The data-flow diagram appears in the crate doc and in
+/// docs/architecture.md; they must be the same picture.
+#[test]
+fn architecture_diagram_matches_the_crate_doc() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
+    let crate_doc: String = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| format!("{}\n", l.strip_prefix(' ').unwrap_or(l)))
+        .collect();
+    let diagram = |text: &str| {
+        fenced_blocks(text)
+            .into_iter()
+            .find(|(lang, _, _)| lang == "text")
+            .map(|(_, _, body)| body)
+            .expect("a ```text diagram")
+    };
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    assert_eq!(
+        diagram(&crate_doc),
+        diagram(&doc),
+        "src/lib.rs and docs/architecture.md show different diagrams"
+    );
+}
