@@ -1,24 +1,217 @@
 //! The first request on a downstream connection (SPEC §5.1).
 //!
-//! Owns: `CONNECT host:port` — strict target parse, policy gate and early
+//! Owns: reading that first head on the raw socket. A `CONNECT host:port`
+//! is parsed, checked — strict target parse, policy gate and early
 //! private-address refusal, all *before* any TLS (403 with a one-line
-//! reason, no upstream connection) — then `200` and the hand-off of the
-//! upgraded stream to `serve::tunnel`. Absolute-form `http://` requests go
-//! straight to the pipeline. Does not terminate TLS (`serve`).
+//! reason, no upstream connection) — and answered here, and the same task
+//! goes on into `serve::tunnel`. An idle tunnel therefore carries no HTTP/1
+//! connection object and none of its buffers for the outer connection.
+//! Anything else (absolute-form `http://` requests) goes to hyper with the
+//! bytes read so far put back in front (`Prefixed`); a `CONNECT` that comes
+//! later on such a connection takes hyper's upgrade path (`handle`). Does
+//! not terminate TLS (`serve`).
 
 use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::app::Shared;
-use crate::audit::Audit;
+use crate::audit::{Audit, InFlight};
+use crate::config::Limits;
 use crate::error::{self, Body, ErrorKind, ProxyError};
 use crate::pipeline::{self, Downstream};
 use crate::policy::{Authority, Decision, Host};
 
-/// Serves one request from the proxy port.
+const CONNECT: &[u8] = b"CONNECT ";
+const ESTABLISHED: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+
+/// Reads the first head on a proxy-port connection. A `CONNECT` is answered
+/// and its tunnel served before this returns `None`; any other request
+/// comes back as the stream for hyper, with what was read put back.
+pub async fn first(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    limits: &Limits,
+) -> Option<Prefixed<TcpStream>> {
+    let read = tokio::select! {
+        _ = shared.shutdown.cancelled() => return None,
+        read = tokio::time::timeout(limits.connect_line_timeout, read_head(&mut stream, limits)) => read,
+    };
+    let (buf, head) = match read {
+        Ok(Ok(Read::Other(buf))) => return Some(Prefixed::new(buf, stream)),
+        Ok(Ok(Read::Connect(buf, head))) => (buf, head),
+        Ok(Ok(Read::Refused(e))) => {
+            refuse(&shared.metrics, client, &e, stream).await;
+            return None;
+        }
+        Ok(Ok(Read::Closed)) | Ok(Err(_)) => return None,
+        Err(_) => {
+            tracing::debug!(client = %client, timeout = ?limits.connect_line_timeout,
+                "no complete request head within limits.connect_line_timeout; closed");
+            return None;
+        }
+    };
+    let target = match std::str::from_utf8(&buf[head.target.clone()]) {
+        Ok(target) => target,
+        Err(_) => {
+            let e = ProxyError::new(ErrorKind::Malformed, "the CONNECT target is not UTF-8");
+            refuse(&shared.metrics, client, &e, stream).await;
+            return None;
+        }
+    };
+    let snap = shared.store.load();
+    let in_flight = Arc::new(InFlight::new(shared.metrics.clone()));
+    let mut audit = Audit::start(client, &Method::CONNECT, "", in_flight);
+    let dest = match admit(&snap, target, &mut audit).await {
+        Ok(dest) => dest,
+        Err(e) => {
+            audit.error = Some(e.kind);
+            audit.status = e.kind.status();
+            drop(audit);
+            linger_close(stream, &e.to_http1_close()).await;
+            return None;
+        }
+    };
+    drop((audit, snap));
+    if stream.write_all(ESTABLISHED).await.is_err() {
+        return None;
+    }
+    let rest = buf[head.len..].to_vec();
+    drop(buf);
+    crate::serve::tunnel(shared.clone(), dest, client, Prefixed::new(rest, stream)).await;
+    None
+}
+
+/// Where a `CONNECT` head ends and where its target is, in the bytes read.
+#[derive(Debug)]
+struct Head {
+    len: usize,
+    target: std::ops::Range<usize>,
+}
+
+#[derive(Debug)]
+enum Read {
+    Connect(Vec<u8>, Head),
+    /// Not a `CONNECT`: everything read so far.
+    Other(Vec<u8>),
+    Refused(ProxyError),
+    Closed,
+}
+
+/// Reads until the head is complete, or until the first bytes show it is
+/// not a `CONNECT`.
+async fn read_head(stream: &mut TcpStream, limits: &Limits) -> io::Result<Read> {
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len().min(limits.max_header_bytes));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(Read::Closed);
+        }
+        let seen = buf.len().min(CONNECT.len());
+        if buf[..seen] != CONNECT[..seen] {
+            return Ok(Read::Other(buf));
+        }
+        match parse(&buf, limits.max_headers) {
+            Ok(Some(head)) => return Ok(Read::Connect(buf, head)),
+            Ok(None) if buf.len() < limits.max_header_bytes => {}
+            Ok(None) => {
+                return Ok(Read::Refused(ProxyError::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "the CONNECT head is larger than limits.max_header_bytes ({} bytes)",
+                        limits.max_header_bytes
+                    ),
+                )))
+            }
+            Err(e) => return Ok(Read::Refused(e)),
+        }
+    }
+}
+
+/// `None` while the head is incomplete.
+fn parse(buf: &[u8], max_headers: usize) -> Result<Option<Head>, ProxyError> {
+    let malformed = |m: String| ProxyError::new(ErrorKind::Malformed, m);
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(malformed(format!(
+                "the CONNECT request has more than limits.max_headers ({max_headers}) headers"
+            )))
+        }
+        Err(e) => return Err(malformed(format!("unparseable CONNECT request: {e}"))),
+    };
+    let carries_body = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
+    });
+    if carries_body {
+        return Err(malformed("a CONNECT request cannot carry a body".into()));
+    }
+    let target = req.path.unwrap_or("");
+    let start = target.as_ptr() as usize - buf.as_ptr() as usize;
+    Ok(Some(Head {
+        len,
+        target: start..start + target.len(),
+    }))
+}
+
+/// Answers a head refused before its target was known, with an audit
+/// record like every other refusal.
+async fn refuse(
+    metrics: &Arc<crate::metrics::Metrics>,
+    client: SocketAddr,
+    e: &ProxyError,
+    stream: TcpStream,
+) {
+    let mut audit = Audit::start(
+        client,
+        &Method::CONNECT,
+        "",
+        Arc::new(InFlight::new(metrics.clone())),
+    );
+    audit.error = Some(e.kind);
+    audit.status = e.kind.status();
+    drop(audit);
+    linger_close(stream, &e.to_http1_close()).await;
+}
+
+/// Sends a final response and closes without resetting it away: a client
+/// that already sent more (a pipelined ClientHello) would otherwise get a
+/// TCP reset before it read the answer.
+pub async fn linger_close(mut stream: TcpStream, response: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        for _ in 0..64 {
+            if stream.read(&mut sink).await? == 0 {
+                break;
+            }
+        }
+        io::Result::Ok(())
+    })
+    .await;
+}
+
+/// A `CONNECT` that arrives after other requests on a plain connection
+/// (hyper parsed it): same checks, then hyper's upgrade hands over the
+/// stream.
 pub async fn handle(
     shared: Arc<Shared>,
     down: Arc<Downstream>,
@@ -30,7 +223,8 @@ pub async fn handle(
     }
     let snap = shared.store.load();
     let mut audit = Audit::start(down.client, req.method(), "", down.in_flight.clone());
-    let dest = match admit(&snap, &req, &mut audit).await {
+    let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
+    let dest = match admit(&snap, target, &mut audit).await {
         Ok(dest) => dest,
         Err(e) => {
             audit.error = Some(e.kind);
@@ -44,7 +238,9 @@ pub async fn handle(
     let client = down.client;
     shared.tasks.clone().spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::serve::tunnel(shared, dest, client, upgraded).await,
+            Ok(upgraded) => {
+                crate::serve::tunnel(shared, dest, client, TokioIo::new(upgraded)).await
+            }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
         drop(conn_guard);
@@ -56,10 +252,9 @@ pub async fn handle(
 /// the 200.
 async fn admit(
     snap: &crate::store::Snapshot,
-    req: &Request<Incoming>,
+    raw: &str,
     audit: &mut Audit,
 ) -> Result<Authority, ProxyError> {
-    let raw = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
     let dest = Authority::parse(raw, None).map_err(|m| {
         audit.set_destination(&crate::policy::printable(raw), 0);
         ProxyError::new(ErrorKind::Malformed, format!("bad CONNECT target: {m}"))
@@ -88,4 +283,138 @@ async fn admit(
             .map_err(|e| ProxyError::new(e.kind(), e.to_string()))?;
     }
     Ok(dest)
+}
+
+/// A stream with bytes already read from it put back in front.
+#[derive(Debug)]
+pub struct Prefixed<T> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                // Released once served: a long-lived tunnel keeps nothing.
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target<'a>(buf: &'a [u8], head: &Head) -> &'a [u8] {
+        &buf[head.target.clone()]
+    }
+
+    #[test]
+    fn parses_a_complete_connect_head() {
+        let buf = b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n\x16\x03\x01";
+        let head = parse(buf, 16).unwrap().unwrap();
+        assert_eq!(target(buf, &head), b"api.test:443");
+        assert_eq!(&buf[head.len..], b"\x16\x03\x01", "pipelined bytes stay");
+    }
+
+    #[test]
+    fn waits_for_the_blank_line() {
+        assert!(parse(b"CONNECT api.test:443 HTTP/1.1\r\nHost: a", 16)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn refuses_a_body_too_many_headers_and_garbage() {
+        for (head, want) in [
+            (
+                &b"CONNECT a:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\n"[..],
+                "body",
+            ),
+            (
+                b"CONNECT a:443 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "body",
+            ),
+            (
+                b"CONNECT a:443 HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n",
+                "max_headers",
+            ),
+            (b"CONNECT a:443 HTTP/9.9\r\n\r\n", "unparseable"),
+        ] {
+            let e = parse(head, 2).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Malformed);
+            assert!(e.message.contains(want), "{:?}: {}", head, e.message);
+        }
+        assert!(
+            parse(b"CONNECT a:443 HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 2)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn prefixed_serves_the_prefix_then_the_stream_and_frees_it() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut p = Prefixed::new(b"hello".to_vec(), b);
+        let mut out = String::new();
+        p.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+        assert_eq!(p.prefix.capacity(), 0);
+    }
 }

@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! listener ─accept─▶ connect ──CONNECT host:port──▶ policy::decide ──deny──▶ 403 (no TLS, no upstream)
-//!                      │ absolute-form http://               │allow
+//!                      │ absolute-form http:// (hyper)       │allow
 //!                      │                                     ▼
-//!                      │                  200 → upgrade → ClientHello(SNI) → mint (store.ca) → TLS
+//!                      │                  200 (raw socket) → ClientHello(SNI) → mint (store.ca) → TLS
 //!                      ▼                                     ▼
 //!                   pipeline ◀──────────── serve (hyper: h1 | h2 by ALPN)
 //!                      │ host==CONNECT host? (421) → framing (400) → policy (403) → swap → [refresh]

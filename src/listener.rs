@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::Shared;
+use crate::config::Limits;
+use crate::connect::Prefixed;
 use crate::error::{ErrorKind, ProxyError};
 use crate::framing::Watched;
 use crate::pipeline::Downstream;
@@ -82,16 +83,12 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener, max_connections: us
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let refusal = ProxyError::new(
-            ErrorKind::Overloaded,
-            "too many connections (limits.max_connections); retry",
-        );
-        let _ = stream.write_all(&refusal.to_http1_close()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+async fn refuse(stream: TcpStream) {
+    let refusal = ProxyError::new(
+        ErrorKind::Overloaded,
+        "too many connections (limits.max_connections); retry",
+    );
+    crate::connect::linger_close(stream, &refusal.to_http1_close()).await;
 }
 
 async fn handle(
@@ -101,6 +98,23 @@ async fn handle(
     slot: Arc<Slot>,
 ) {
     let limits = shared.store.load().config.limits.clone();
+    let Some(stream) = crate::connect::first(&shared, stream, client, &limits).await else {
+        return;
+    };
+    // Boxed: a connection's task is allocated at accept, and most are
+    // tunnels that never need room for an HTTP/1 connection here.
+    Box::pin(serve_plain(shared, stream, client, slot, limits)).await;
+}
+
+/// Absolute-form `http://` requests (and any later `CONNECT`) on the proxy
+/// port, served by hyper.
+async fn serve_plain(
+    shared: Arc<Shared>,
+    stream: Prefixed<TcpStream>,
+    client: std::net::SocketAddr,
+    slot: Arc<Slot>,
+    limits: Limits,
+) {
     let down = Arc::new(Downstream::new(client, None, shared.metrics.clone()));
     let stream = Watched::new(stream, down.ambiguous_framing.clone());
     let service = {

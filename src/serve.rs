@@ -5,20 +5,25 @@
 //! check against the CONNECT host, the TLS handshake with a minted leaf
 //! under `tls_handshake_timeout`, and serving HTTP/1.1 or HTTP/2 per ALPN
 //! with the header limits, idle timeout and graceful shutdown that every
-//! downstream connection gets (`serve_http`, also used for the plain port).
+//! downstream connection gets (`drive`, also used for the plain port).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::app::Shared;
 use crate::audit::InFlight;
 use crate::config::Limits;
+use crate::error::Body;
 use crate::framing::Watched;
 use crate::pipeline::{self, Downstream};
 use crate::policy::{Authority, Host};
@@ -39,19 +44,17 @@ enum TunnelError {
 }
 
 /// Terminates the agent's TLS and serves the requests inside the tunnel.
-pub async fn tunnel(
-    shared: Arc<Shared>,
-    dest: Authority,
-    client: std::net::SocketAddr,
-    upgraded: Upgraded,
-) {
+pub async fn tunnel<I>(shared: Arc<Shared>, dest: Authority, client: std::net::SocketAddr, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let snap = shared.store.load();
     let limits = snap.config.limits.clone();
     // Boxed: the handshake's state is large and short-lived; inline, it
     // would stay in the size of every idle tunnel's task.
     let accepted = tokio::time::timeout(
         limits.tls_handshake_timeout,
-        Box::pin(handshake(&shared, &snap, &dest, upgraded)),
+        Box::pin(handshake(&shared, &snap, &dest, io)),
     )
     .await
     .unwrap_or(Err(TunnelError::Timeout(limits.tls_handshake_timeout)));
@@ -65,22 +68,26 @@ pub async fn tunnel(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let down = Arc::new(Downstream::new(client, Some(dest), shared.metrics.clone()));
+    // Boxed, each at its own size: the tunnel's task stays small, and an
+    // HTTP/1 tunnel does not carry room for an HTTP/2 connection.
     if h2 {
-        serve_http(shared, down, TokioIo::new(tls), true, &limits).await;
+        Box::pin(serve_h2(shared, down, TokioIo::new(tls), &limits)).await;
     } else {
         let watched = Watched::new(tls, down.ambiguous_framing.clone());
-        serve_http(shared, down, TokioIo::new(watched), false, &limits).await;
+        Box::pin(serve_h1(shared, down, TokioIo::new(watched), &limits)).await;
     }
 }
 
-async fn handshake(
+async fn handshake<I>(
     shared: &Shared,
     snap: &crate::store::Snapshot,
     dest: &Authority,
-    upgraded: Upgraded,
-) -> Result<tokio_rustls::server::TlsStream<TokioIo<Upgraded>>, TunnelError> {
-    let acceptor =
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    io: I,
+) -> Result<tokio_rustls::server::TlsStream<I>, TunnelError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = acceptor.await.map_err(TunnelError::NotTls)?;
     if let Some(sni) = start.client_hello().server_name() {
         let matches = matches!(&dest.host, Host::Name(n) if n.eq_ignore_ascii_case(sni.trim_end_matches('.')));
@@ -106,41 +113,54 @@ async fn handshake(
         .map_err(TunnelError::Handshake)
 }
 
-/// Serves HTTP inside a tunnel until it closes, idles out or the process
+/// Serves HTTP/2 inside a tunnel until it closes, idles out or the process
 /// drains.
-async fn serve_http<I>(shared: Arc<Shared>, down: Arc<Downstream>, io: I, h2: bool, limits: &Limits)
+async fn serve_h2<I>(shared: Arc<Shared>, down: Arc<Downstream>, io: I, limits: &Limits)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = {
-        let (shared, down) = (shared.clone(), down.clone());
-        service_fn(move |req| pipeline::handle(shared.clone(), down.clone(), req))
-    };
-    if h2 {
-        let conn = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .serve_connection(io, service);
-        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
-            c.graceful_shutdown()
-        })
-        .await;
-    } else {
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_headers(limits.max_headers)
-            .max_header_size(limits.max_header_bytes)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .serve_connection(io, service)
-            .with_upgrades();
-        drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
-            c.graceful_shutdown()
-        })
-        .await;
-    }
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(io, service(&shared, &down));
+    drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
+        c.graceful_shutdown()
+    })
+    .await;
+}
+
+/// Serves HTTP/1.1 inside a tunnel until it closes, idles out or the
+/// process drains.
+async fn serve_h1<I>(shared: Arc<Shared>, down: Arc<Downstream>, io: I, limits: &Limits)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .serve_connection(io, service(&shared, &down))
+        .with_upgrades();
+    drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
+        c.graceful_shutdown()
+    })
+    .await;
+}
+
+/// Each request on the connection goes down the pipeline.
+fn service(
+    shared: &Arc<Shared>,
+    down: &Arc<Downstream>,
+) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    let (shared, down) = (shared.clone(), down.clone());
+    service_fn(move |req| pipeline::handle(shared.clone(), down.clone(), req))
 }
 
 /// Polls a connection to completion, asking it to finish gracefully when the

@@ -7,6 +7,7 @@ mod support;
 use support::*;
 
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 const ERR: &str = "x-iron-proxy-error";
 
@@ -325,4 +326,138 @@ async fn hop_by_hop_headers_do_not_reach_upstream() {
     let connection = seen.header("connection").unwrap_or_default();
     assert!(!connection.contains("x-foo"), "{seen:?}");
     assert_eq!(seen.header("x-kept"), Some("yes"));
+}
+
+/// A client may send its ClientHello in the same write as the CONNECT head,
+/// before the 200: those bytes must reach the TLS handshake, not be lost
+/// with the head.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_hello_pipelined_with_the_connect_head_is_kept() {
+    let (upstream, proxy) = setup().await;
+    let tcp = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    let head = format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", api(&upstream));
+    let stream = Pipelined::new(tcp, head.into_bytes());
+    let tls = tls_handshake(stream, "api.test", &proxy.ca_pem, ALPN_H1)
+        .await
+        .expect("TLS through a pipelined CONNECT");
+    let reply = raw_over(
+        tls,
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            api(&upstream)
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (head, body) = parse_response(&reply);
+    assert_eq!(head.status, 200, "{body}");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+/// The first head is read by hand; a CONNECT after a plain request on the
+/// same connection is still served (through hyper's upgrade).
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_after_a_plain_request_on_one_connection() {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let plain = start_plain_upstream().await;
+    let config = ProxyConfig::new(&upstream)
+        .allow("api.test", &[upstream.port])
+        .allow("plain.test", &[plain.port]);
+    let proxy = start_proxy(config).await;
+    let mut tcp = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    let authority = format!("plain.test:{}", plain.port);
+    let get = format!("GET http://{authority}/echo HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    tcp.write_all(get.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert_eq!(head.status, 200);
+    let body = read_body(&mut tcp, &head).await;
+    assert!(body.contains("\"path\":\"/echo\""), "{body}");
+
+    let connect = format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", api(&upstream));
+    tcp.write_all(connect.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let tls = tls_handshake(tcp, "api.test", &proxy.ca_pem, ALPN_H1)
+        .await
+        .unwrap();
+    let mut client = client_over(tls).await;
+    let reply = client.send(get_req(&api(&upstream))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+fn get_req(authority: &str) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    get(authority, "/echo")
+}
+
+/// Writes `head` in the same `write` as the first bytes written (the
+/// ClientHello), and hides the proxy's reply head from the reader after
+/// checking it is a 200.
+struct Pipelined {
+    inner: TcpStream,
+    head: Option<Vec<u8>>,
+    answer: Vec<u8>,
+}
+
+impl Pipelined {
+    fn new(inner: TcpStream, head: Vec<u8>) -> Self {
+        Pipelined {
+            inner,
+            head: Some(head),
+            answer: Vec::new(),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Pipelined {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(mut both) = self.head.take() {
+            both.extend_from_slice(buf);
+            // A fresh loopback socket takes a few hundred bytes at once.
+            let n = self.inner.try_write(&both).expect("pipelined write");
+            assert_eq!(n, both.len(), "the pipelined write was split");
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl tokio::io::AsyncRead for Pipelined {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while !self.answer.ends_with(b"\r\n\r\n") {
+            assert!(self.answer.len() < 4096, "reply head too large");
+            let mut byte = [0u8; 1];
+            let mut one = tokio::io::ReadBuf::new(&mut byte);
+            std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut one))?;
+            assert_eq!(one.filled().len(), 1, "closed before the reply head ended");
+            self.answer.push(byte[0]);
+            if self.answer.ends_with(b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.answer);
+                assert_eq!(parse_head(&head).status, 200, "{head}");
+            }
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
 }
