@@ -7,22 +7,20 @@
 //! goes on into `serve::tunnel`. An idle tunnel therefore carries no HTTP/1
 //! connection object and none of its buffers for the outer connection.
 //! Anything else (absolute-form `http://` requests) goes to hyper with the
-//! bytes read so far put back in front (`Prefixed`); a `CONNECT` that comes
+//! bytes read so far put back in front (`prefixed`); a `CONNECT` that comes
 //! later on such a connection takes hyper's upgrade path (`handle`). Does
 //! not terminate TLS (`serve`).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::app::Shared;
@@ -31,6 +29,7 @@ use crate::config::Limits;
 use crate::error::{self, Body, ErrorKind, ProxyError};
 use crate::pipeline::{self, Downstream};
 use crate::policy::{Authority, Decision, Host};
+use crate::prefixed::Prefixed;
 
 const CONNECT: &[u8] = b"CONNECT ";
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
@@ -285,76 +284,6 @@ async fn admit(
     Ok(dest)
 }
 
-/// A stream with bytes already read from it put back in front.
-#[derive(Debug)]
-pub struct Prefixed<T> {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: T,
-}
-
-impl<T> Prefixed<T> {
-    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
-        Prefixed {
-            prefix,
-            at: 0,
-            inner,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.at < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.at);
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                // Released once served: a long-lived tunnel keeps nothing.
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,17 +333,5 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-    }
-
-    #[tokio::test]
-    async fn prefixed_serves_the_prefix_then_the_stream_and_frees_it() {
-        let (mut a, b) = tokio::io::duplex(64);
-        a.write_all(b" world").await.unwrap();
-        drop(a);
-        let mut p = Prefixed::new(b"hello".to_vec(), b);
-        let mut out = String::new();
-        p.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "hello world");
-        assert_eq!(p.prefix.capacity(), 0);
     }
 }

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod mint;
 pub mod pipeline;
 pub mod policy;
+pub mod prefixed;
 pub mod refresh;
 pub mod reload;
 pub mod secret;

@@ -16,10 +16,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::Shared;
 use crate::config::Limits;
-use crate::connect::Prefixed;
 use crate::error::{ErrorKind, ProxyError};
 use crate::framing::Watched;
 use crate::pipeline::Downstream;
+use crate::prefixed::Prefixed;
 
 /// One admitted downstream connection: its permit under `max_connections`
 /// and its place in `iron_proxy_open_connections`, released together when

@@ -9,8 +9,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -18,6 +19,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 
 use crate::app::Shared;
 use crate::audit::{Audit, Counted, InFlight};
@@ -38,6 +41,23 @@ pub struct Downstream {
     /// Raised by `framing::Watched` when an HTTP/1 head carried both
     /// `Content-Length` and `Transfer-Encoding`.
     pub ambiguous_framing: Arc<AtomicBool>,
+    /// Set where the connection is served without hyper's upgrade support
+    /// (parked HTTP/1.1 tunnels, `serve`): after a `101` the server hands
+    /// the stream over through the sender left here.
+    handover: Option<Mutex<Option<Handover>>>,
+}
+
+/// Where a server sends the downstream stream after a `101`.
+pub type Handover = oneshot::Sender<Box<dyn Io>>;
+
+/// A downstream stream, once it leaves HTTP for an upgraded protocol.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
+
+/// Where the downstream side of an upgrade comes from.
+enum DownUpgrade {
+    Hyper(OnUpgrade),
+    HandedOver,
 }
 
 impl Downstream {
@@ -51,7 +71,27 @@ impl Downstream {
             tunnel,
             in_flight: Arc::new(InFlight::new(metrics)),
             ambiguous_framing: Arc::default(),
+            handover: None,
         }
+    }
+
+    /// For a server that hands the stream over itself after a `101`.
+    pub fn with_handover(mut self) -> Downstream {
+        self.handover = Some(Mutex::new(None));
+        self
+    }
+
+    /// The sender for a `101` just written, if the pipeline left one.
+    pub fn take_handover(&self) -> Option<Handover> {
+        let slot = self.handover.as_ref()?;
+        slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn await_handover(&self) -> Option<oneshot::Receiver<Box<dyn Io>>> {
+        let slot = self.handover.as_ref()?;
+        let (tx, rx) = oneshot::channel();
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        Some(rx)
     }
 }
 
@@ -98,7 +138,10 @@ async fn forward(
         return Ok(self_check(snap));
     }
     let upgrade = is_upgrade(&req);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = upgrade.then(|| match down.handover {
+        Some(_) => DownUpgrade::HandedOver,
+        None => DownUpgrade::Hyper(hyper::upgrade::on(&mut req)),
+    });
     let (mut parts, body) = req.into_parts();
     audit.credentials = prepare(snap, &dest, tls, upgrade, &mut parts)?;
     let body = Counted::new(body, audit.bytes_in()).boxed_unsync();
@@ -174,7 +217,7 @@ async fn exchange(
     snap: &Snapshot,
     down: &Downstream,
     req: Request<Body>,
-    downstream_upgrade: Option<OnUpgrade>,
+    downstream_upgrade: Option<DownUpgrade>,
 ) -> Result<Response<Body>, ProxyError> {
     let sent = std::time::Instant::now();
     let resp = snap
@@ -191,6 +234,15 @@ async fn exchange(
         parts.extensions.remove::<OnUpgrade>(),
     ) {
         (true, Some(down_up), Some(up_up)) => {
+            let down_up = match down_up {
+                DownUpgrade::Hyper(on) => Either::Left(on),
+                DownUpgrade::HandedOver => match down.await_handover() {
+                    Some(rx) => Either::Right(rx),
+                    None => {
+                        return Err(ProxyError::new(ErrorKind::Internal, "no upgrade hand-over"))
+                    }
+                },
+            };
             tokio::spawn(splice(down_up, up_up));
         }
         _ => strip_hop_by_hop(&mut parts.headers, false),
@@ -369,12 +421,21 @@ fn upstream_uri(tls: bool, dest: &Authority, original: &Uri) -> Result<Uri, Prox
 }
 
 /// Joins an upgraded downstream connection (WebSocket) to the upstream one.
-async fn splice(down: OnUpgrade, up: OnUpgrade) {
-    let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+async fn splice(down: Either<OnUpgrade, oneshot::Receiver<Box<dyn Io>>>, up: OnUpgrade) {
+    let down = async {
+        match down {
+            Either::Left(on) => on
+                .await
+                .ok()
+                .map(|u| Box::new(TokioIo::new(u)) as Box<dyn Io>),
+            Either::Right(rx) => rx.await.ok(),
+        }
+    };
+    let (Some(mut down), Ok(up)) = tokio::join!(down, up) else {
         tracing::debug!("upgrade abandoned by one side");
         return;
     };
-    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    let mut up = TokioIo::new(up);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }

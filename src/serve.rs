@@ -8,6 +8,8 @@
 //! downstream connection gets (`drive`, also used for the plain port).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::app::Shared;
@@ -27,6 +29,7 @@ use crate::error::Body;
 use crate::framing::Watched;
 use crate::pipeline::{self, Downstream};
 use crate::policy::{Authority, Host};
+use crate::prefixed::Prefixed;
 
 /// Why a tunnel was closed before serving any request.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +49,7 @@ enum TunnelError {
 /// Terminates the agent's TLS and serves the requests inside the tunnel.
 pub async fn tunnel<I>(shared: Arc<Shared>, dest: Authority, client: std::net::SocketAddr, io: I)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
 {
     let snap = shared.store.load();
     let limits = snap.config.limits.clone();
@@ -67,14 +70,15 @@ where
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let down = Arc::new(Downstream::new(client, Some(dest), shared.metrics.clone()));
+    let down = Downstream::new(client, Some(dest), shared.metrics.clone());
     // Boxed, each at its own size: the tunnel's task stays small, and an
     // HTTP/1 tunnel does not carry room for an HTTP/2 connection.
     if h2 {
-        Box::pin(serve_h2(shared, down, TokioIo::new(tls), &limits)).await;
+        Box::pin(serve_h2(shared, Arc::new(down), TokioIo::new(tls), &limits)).await;
     } else {
+        let down = Arc::new(down.with_handover());
         let watched = Watched::new(tls, down.ambiguous_framing.clone());
-        Box::pin(serve_h1(shared, down, TokioIo::new(watched), &limits)).await;
+        Box::pin(serve_h1(shared, down, watched, &limits)).await;
     }
 }
 
@@ -133,22 +137,129 @@ where
 
 /// Serves HTTP/1.1 inside a tunnel until it closes, idles out or the
 /// process drains.
+///
+/// Once idle for `PARK_AFTER`, the tunnel is *parked*, as nginx does with
+/// keep-alive connections: hyper's connection (two 8 KiB buffers and its
+/// state) is dropped and the tunnel waits for the next request's first byte
+/// holding only the TLS stream. `idle_timeout` runs while parked; hyper's
+/// `header_read_timeout` from that first byte on.
 async fn serve_h1<I>(shared: Arc<Shared>, down: Arc<Downstream>, io: I, limits: &Limits)
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
 {
-    let conn = http1::Builder::new()
+    let mut io = Prefixed::new(Vec::new(), io);
+    loop {
+        if !next_request(&mut io, &shared, limits.idle_timeout).await {
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+            return;
+        }
+        match Box::pin(serve_until_idle(&shared, &down, io, limits)).await {
+            Some(parked) => io = parked,
+            None => return,
+        }
+    }
+}
+
+/// How long an HTTP/1.1 tunnel stays idle before it is parked: long enough
+/// that a busy keep-alive connection never pays for re-creating hyper's
+/// connection, short enough that idle ones hold their buffers only briefly.
+const PARK_AFTER: Duration = Duration::from_millis(5);
+
+/// Waits for the next request to begin (its first byte is put back);
+/// `false` when the client closed, it idled out, or the process drains.
+async fn next_request<T>(io: &mut Prefixed<T>, shared: &Shared, idle: Duration) -> bool
+where
+    T: AsyncRead + Unpin,
+{
+    if io.unread() > 0 {
+        return true;
+    }
+    let mut first = [0u8; 1];
+    let read = tokio::select! {
+        _ = shared.shutdown.cancelled() => return false,
+        read = tokio::time::timeout(idle, io.read(&mut first)) => read,
+    };
+    match read {
+        Ok(Ok(1)) => {
+            io.put_back(&first);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One hyper connection, until it is idle after a request: the stream comes
+/// back (with any bytes hyper read beyond that request put back). `None`
+/// when the connection ended, drained, or left HTTP after a `101` (the
+/// stream is then handed to the pipeline's splice).
+async fn serve_until_idle<T>(
+    shared: &Arc<Shared>,
+    down: &Arc<Downstream>,
+    io: Prefixed<T>,
+    limits: &Limits,
+) -> Option<Prefixed<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
+{
+    let service = {
+        let (shared, down) = (shared.clone(), down.clone());
+        // Boxed so the connection is `Unpin`, which taking the stream back
+        // (`poll_without_shutdown`) requires.
+        service_fn(move |req| Box::pin(pipeline::handle(shared.clone(), down.clone(), req)))
+    };
+    let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(io, service(&shared, &down))
-        .with_upgrades();
-    drive(conn, &shared, &down.in_flight, limits.idle_timeout, |c| {
-        c.graceful_shutdown()
+        .serve_connection(TokioIo::new(io), service);
+    let first = down.in_flight.started();
+    let mut seen = first;
+    let mut drain = std::pin::pin!(shared.shutdown.cancelled());
+    let mut park = std::pin::pin!(tokio::time::sleep(PARK_AFTER));
+    let (mut parking, mut draining) = (false, false);
+    let result = std::future::poll_fn(|cx| {
+        if !draining && drain.as_mut().poll(cx).is_ready() {
+            draining = true;
+            Pin::new(&mut conn).graceful_shutdown();
+        }
+        let poll = conn.poll_without_shutdown(cx);
+        if poll.is_ready() || parking || draining || down.in_flight.get() > 0 {
+            return poll;
+        }
+        // Idle after a request: park once no request has started for
+        // PARK_AFTER. A connection under load never waits that long.
+        let started = down.in_flight.started();
+        if started != seen {
+            seen = started;
+            park.as_mut()
+                .reset(tokio::time::Instant::now() + PARK_AFTER);
+        }
+        if seen != first && park.as_mut().poll(cx).is_ready() {
+            parking = true;
+            Pin::new(&mut conn).graceful_shutdown();
+            return conn.poll_without_shutdown(cx);
+        }
+        poll
     })
     .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream connection ended with an error");
+        return None;
+    }
+    let parts = conn.into_parts();
+    let mut io = parts.io.into_inner();
+    io.put_back(&parts.read_buf);
+    if let Some(handover) = down.take_handover() {
+        let _ = handover.send(Box::new(io));
+        return None;
+    }
+    if draining {
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+        return None;
+    }
+    Some(io)
 }
 
 /// Each request on the connection goes down the pipeline.

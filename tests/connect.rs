@@ -461,3 +461,53 @@ impl tokio::io::AsyncRead for Pipelined {
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
+
+/// An HTTP/1.1 tunnel idle for a few milliseconds is parked (hyper's
+/// connection dropped, the TLS stream kept) and resumed on the next byte:
+/// requests after pauses, a head that was half-read when the tunnel
+/// parked, and a WebSocket upgrade after a pause all work on one tunnel.
+#[tokio::test(flavor = "multi_thread")]
+async fn parked_h1_tunnel_resumes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (upstream, proxy) = setup().await;
+    let host = api(&upstream);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut tls = proxy.tls_to("api.test", upstream.port, ALPN_H1).await;
+    let exchange = async |tls: &mut tokio_rustls::client::TlsStream<TcpStream>| {
+        let head = read_head(tls).await;
+        assert_eq!(head.status, 200, "{head:?}");
+        read_body(tls, &head).await
+    };
+    for i in 0..3 {
+        tls.write_all(get(&format!("/echo?n={i}")).as_bytes())
+            .await
+            .unwrap();
+        let body = exchange(&mut tls).await;
+        assert!(body.contains(&format!("n={i}")), "{body}");
+        pause(30).await;
+    }
+    // Half a head right after a response: the tunnel parks with it in
+    // hyper's buffer, and it must come back in front of the rest.
+    tls.write_all(get("/echo?n=warm").as_bytes()).await.unwrap();
+    exchange(&mut tls).await;
+    let split = get("/echo?n=split");
+    let (first, rest) = split.split_at(split.len() / 2);
+    tls.write_all(first.as_bytes()).await.unwrap();
+    pause(50).await;
+    tls.write_all(rest.as_bytes()).await.unwrap();
+    let body = exchange(&mut tls).await;
+    assert!(body.contains("n=split"), "{body}");
+    assert_eq!(upstream.requests().len(), 5);
+
+    pause(30).await;
+    let url = format!("wss://{host}/ws");
+    let (mut ws, _) = within("ws handshake", tokio_tungstenite::client_async(url, tls))
+        .await
+        .unwrap();
+    within("ws send", ws.send(Message::text("after a park")))
+        .await
+        .unwrap();
+    let echoed = within("ws echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap(), "after a park");
+}

@@ -289,6 +289,25 @@ async fn idle_h2_and_h1_tunnels_are_closed() {
     );
 }
 
+/// Between requests an HTTP/1.1 tunnel waits under `idle_timeout`, not
+/// `header_read_timeout` (which starts with the next request's first byte).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_h1_tunnel_outlives_header_read_timeout() {
+    let limits = "idle_timeout = \"10s\"\nheader_read_timeout = \"300ms\"";
+    let (tls, _plain, proxy) = setup(limits).await;
+    let authority = format!("api.test:{}", tls.port);
+    let mut stream = proxy.tls_to("api.test", tls.port, ALPN_H1).await;
+    let request = format!("GET /echo HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    for round in 0..2 {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let reply = read_head(&mut stream).await;
+        assert_eq!(reply.status, 200, "round {round}");
+        read_body(&mut stream, &reply).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    assert_eq!(tls.requests().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_timeout_does_not_cut_a_slow_response() {
     let limits = "idle_timeout = \"400ms\"\nheader_read_timeout = \"30s\"";

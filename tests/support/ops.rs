@@ -120,7 +120,10 @@ pub fn run_cli(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .unwrap();
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input).unwrap();
+        // A command that refuses its arguments exits without reading stdin.
+        if let Err(e) = pipe.write_all(input) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
     }
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
