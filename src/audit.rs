@@ -2,8 +2,8 @@
 //! is finished or abandoned, so the byte counts and duration are final.
 //!
 //! Owns: the record's fields and the body wrappers that count bytes each
-//! way. Records go through `tracing` with target `audit` (one JSON line per
-//! record in JSON mode). They carry credential *names* only; no field can
+//! way. Records are one JSON line each with target `audit`, written by
+//! `telemetry::write_audit`. They carry credential *names* only; no field can
 //! hold a header value, a query string or a body.
 
 use std::net::SocketAddr;
@@ -117,24 +117,44 @@ impl Audit {
         self.in_flight
             .metrics
             .request(self.decision(), self.status.as_u16());
-        let credentials = self.credentials.join(",");
-        tracing::info!(
-            target: "audit",
-            client = %self.client,
-            method = %self.method,
-            host = %self.host,
-            port = self.port,
-            path = %self.path,
-            status = self.status.as_u16(),
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            decision = self.decision(),
-            error = self.error.map(ErrorKind::as_str).unwrap_or(""),
-            credentials = %credentials,
-            "request"
-        );
+        crate::telemetry::write_audit(|out| {
+            use crate::telemetry::{json_float, json_int, json_str};
+            let mut client = [0u8; 64];
+            json_str(out, "client", display_in(&mut client, self.client));
+            json_str(out, "method", self.method.as_str());
+            json_str(out, "host", &self.host);
+            json_int(out, "port", self.port);
+            json_str(out, "path", &self.path);
+            json_int(out, "status", self.status.as_u16());
+            json_int(out, "bytes_in", self.bytes_in.load(Ordering::Relaxed));
+            json_int(out, "bytes_out", self.bytes_out);
+            let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            json_float(out, "duration_ms", ms);
+            json_str(out, "decision", self.decision());
+            json_str(
+                out,
+                "error",
+                self.error.map(ErrorKind::as_str).unwrap_or(""),
+            );
+            let mut names = String::new();
+            for (i, name) in self.credentials.iter().enumerate() {
+                if i > 0 {
+                    names.push(',');
+                }
+                names.push_str(name);
+            }
+            json_str(out, "credentials", &names);
+        });
     }
+}
+
+/// Formats into a stack buffer (a socket address fits in 64 bytes).
+fn display_in(buf: &mut [u8; 64], value: impl std::fmt::Display) -> &str {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{value}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
 }
 
 impl Drop for Audit {

@@ -6,6 +6,7 @@
 //! Owns the order of those steps and the mapping of each failure to a
 //! response. Every step it calls is pure or lives in its own module.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,9 @@ pub struct Downstream {
     /// The CONNECT destination for intercepted tunnels; `None` on the plain
     /// listener (absolute-form `http://` requests).
     pub tunnel: Option<Authority>,
+    /// `tunnel` as a URI authority, built once: requests in the tunnel
+    /// compare their `Host` with it and reuse it in the upstream URI.
+    origin: Option<http::uri::Authority>,
     pub in_flight: Arc<InFlight>,
     /// Raised by `framing::Watched` when an HTTP/1 head carried both
     /// `Content-Length` and `Transfer-Encoding`.
@@ -66,9 +70,11 @@ impl Downstream {
         tunnel: Option<Authority>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Downstream {
+        let origin = tunnel.as_ref().and_then(|t| t.to_string().parse().ok());
         Downstream {
             client,
             tunnel,
+            origin,
             in_flight: Arc::new(InFlight::new(metrics)),
             ambiguous_framing: Arc::default(),
             handover: None,
@@ -144,6 +150,7 @@ async fn forward(
     });
     let (mut parts, body) = req.into_parts();
     audit.credentials = prepare(snap, &dest, tls, upgrade, &mut parts)?;
+    parts.uri = upstream_uri(tls, down.origin.as_ref(), &dest, &parts.uri)?;
     let body = Counted::new(body, audit.bytes_in()).boxed_unsync();
     let (parts, body) = match refresh::entry_for(snap, &dest, tls, &parts).cloned() {
         None => (parts, body),
@@ -184,8 +191,8 @@ fn check(
     }
 }
 
-/// The request as it will leave: hop-by-hop headers gone, stubs swapped,
-/// absolute upstream URI. Returns the credentials swapped.
+/// The request's headers as they will leave: hop-by-hop headers gone,
+/// stubs swapped. Returns the credentials swapped.
 fn prepare(
     snap: &Snapshot,
     dest: &Authority,
@@ -206,7 +213,6 @@ fn prepare(
             ),
             )
         })?;
-    parts.uri = upstream_uri(tls, dest, &parts.uri)?;
     parts.version = Version::HTTP_11;
     Ok(swapped)
 }
@@ -255,7 +261,10 @@ async fn exchange(
 }
 
 /// The destination of a request, and whether it travels over TLS.
-fn target(down: &Downstream, req: &Request<Incoming>) -> Result<(Authority, bool), ProxyError> {
+fn target<'d>(
+    down: &'d Downstream,
+    req: &Request<Incoming>,
+) -> Result<(Cow<'d, Authority>, bool), ProxyError> {
     let malformed = |m: String| ProxyError::new(ErrorKind::Malformed, m);
     if req.method() == Method::CONNECT {
         return Err(malformed("CONNECT inside a tunnel is not supported".into()));
@@ -268,7 +277,7 @@ fn target(down: &Downstream, req: &Request<Incoming>) -> Result<(Authority, bool
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
     let Some(tunnel) = &down.tunnel else {
-        return plain_target(req.uri());
+        return plain_target(req.uri()).map(|(dest, tls)| (Cow::Owned(dest), tls));
     };
     let named = req
         .uri()
@@ -278,6 +287,14 @@ fn target(down: &Downstream, req: &Request<Incoming>) -> Result<(Authority, bool
         .ok_or_else(|| {
             malformed("the request names no host (no Host header or :authority)".into())
         })?;
+    // Nearly every request names its tunnel's host as written at CONNECT
+    // (the port may be left out: it defaults to the tunnel's).
+    if let Some(origin) = &down.origin {
+        if named.eq_ignore_ascii_case(origin.as_str()) || named.eq_ignore_ascii_case(origin.host())
+        {
+            return Ok((Cow::Borrowed(tunnel), true));
+        }
+    }
     let named = Authority::parse(named, Some(tunnel.port))
         .map_err(|m| malformed(format!("bad Host: {m}")))?;
     if named != *tunnel {
@@ -288,7 +305,7 @@ fn target(down: &Downstream, req: &Request<Incoming>) -> Result<(Authority, bool
             ),
         ));
     }
-    Ok((named, true))
+    Ok((Cow::Owned(named), true))
 }
 
 fn plain_target(uri: &Uri) -> Result<(Authority, bool), ProxyError> {
@@ -403,21 +420,45 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-fn upstream_uri(tls: bool, dest: &Authority, original: &Uri) -> Result<Uri, ProxyError> {
-    let path = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    if !path.starts_with('/') {
-        return Err(ProxyError::new(
-            ErrorKind::Malformed,
-            "the request target must be a path",
-        ));
-    }
-    let scheme = if tls { "https" } else { "http" };
-    format!("{scheme}://{dest}{path}").parse().map_err(|_| {
+/// The absolute URI toward the origin: a tunnel's is assembled from parts
+/// it already holds; a plain request's destination is formatted.
+fn upstream_uri(
+    tls: bool,
+    origin: Option<&http::uri::Authority>,
+    dest: &Authority,
+    original: &Uri,
+) -> Result<Uri, ProxyError> {
+    let invalid = || {
         ProxyError::new(
             ErrorKind::Malformed,
             "the request target is not a valid URI",
         )
-    })
+    };
+    let path = match original.path_and_query() {
+        Some(p) if p.as_str().starts_with('/') => p.clone(),
+        Some(_) => {
+            return Err(ProxyError::new(
+                ErrorKind::Malformed,
+                "the request target must be a path",
+            ))
+        }
+        None => http::uri::PathAndQuery::from_static("/"),
+    };
+    match origin {
+        Some(authority) if tls => {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(path);
+            Uri::from_parts(parts).map_err(|_| invalid())
+        }
+        _ => {
+            let scheme = if tls { "https" } else { "http" };
+            format!("{scheme}://{dest}{path}")
+                .parse()
+                .map_err(|_| invalid())
+        }
+    }
 }
 
 /// Joins an upgraded downstream connection (WebSocket) to the upstream one.
@@ -459,6 +500,27 @@ mod tests {
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
         assert!(check_framing(&h).is_err());
+    }
+
+    #[test]
+    fn upstream_uri_is_the_same_assembled_or_formatted() {
+        let dest = Authority::parse("api.test:8443", None).unwrap();
+        let origin: http::uri::Authority = dest.to_string().parse().unwrap();
+        let original: Uri = "/v1/messages?beta=true".parse().unwrap();
+        let assembled = upstream_uri(true, Some(&origin), &dest, &original).unwrap();
+        let formatted = upstream_uri(true, None, &dest, &original).unwrap();
+        assert_eq!(assembled, formatted);
+        assert_eq!(
+            assembled.to_string(),
+            "https://api.test:8443/v1/messages?beta=true"
+        );
+        let plain = upstream_uri(false, Some(&origin), &dest, &original).unwrap();
+        assert_eq!(
+            plain.to_string(),
+            "http://api.test:8443/v1/messages?beta=true"
+        );
+        let star: Uri = "*".parse().unwrap();
+        assert!(upstream_uri(true, Some(&origin), &dest, &star).is_err());
     }
 
     #[test]

@@ -5,22 +5,25 @@
 //! background thread behind a buffer, so a slow stderr never stalls a
 //! request and a burst of lines costs one write; it never drops lines (audit
 //! records matter), it only applies back-pressure when its queue is full.
-//! Audit records (target `audit`, one per request, on the hot path) are
-//! formatted by a small dedicated layer into a reused buffer: the generic
-//! JSON formatter cost a measurable share of the proxy's CPU.
+//! Audit records (target `audit`, one per request, on the hot path) skip
+//! `tracing` in JSON mode: `audit` formats each into a reused buffer and
+//! hands it to the same writer (`write_audit`). Dispatching them as events
+//! through the generic formatter cost a measurable share of the proxy's CPU.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::{IsTerminal, Write as _};
+use std::sync::OnceLock;
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::EnvFilter;
+
+/// Set in JSON mode when the filter lets audit records through (the filter
+/// is fixed at start).
+static AUDIT: OnceLock<NonBlocking> = OnceLock::new();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -45,20 +48,22 @@ pub fn init(format: Option<LogFormat>) -> WorkerGuard {
             ));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let result = match format {
-        LogFormat::Json => {
-            let general = tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(false)
-                .with_writer(writer.clone())
-                .with_filter(filter_fn(|m| m.target() != "audit"));
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(general)
-                .with(AuditLayer { writer })
-                .try_init()
-        }
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer.clone()),
+            )
+            .try_init()
+            .map(|()| {
+                if tracing::enabled!(target: "audit", tracing::Level::INFO) {
+                    let _ = AUDIT.set(writer);
+                }
+            }),
         LogFormat::Pretty => tracing_subscriber::registry()
             .with(filter)
             .with(tracing_subscriber::fmt::layer().with_writer(writer))
@@ -70,93 +75,74 @@ pub fn init(format: Option<LogFormat>) -> WorkerGuard {
     guard
 }
 
-/// Formats `audit` events as one flat JSON object per line, with the same
-/// keys the general formatter would use.
-struct AuditLayer {
-    writer: NonBlocking,
-}
-
 thread_local! {
     static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
 }
 
-impl<S: Subscriber> Layer<S> for AuditLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let meta = event.metadata();
-        if meta.target() != "audit" {
+/// Writes one audit record as a JSON line, straight to the log writer, when
+/// JSON logging with audit records is on; otherwise logs it as an `audit`
+/// event (human-readable mode, tests without a subscriber). `fields`
+/// appends `,"key":value` pairs.
+pub fn write_audit(fields: impl FnOnce(&mut String)) {
+    let Some(writer) = AUDIT.get() else {
+        if tracing::enabled!(target: "audit", tracing::Level::INFO) {
+            let mut record = String::new();
+            fields(&mut record);
+            tracing::info!(target: "audit", "request {}", record.trim_start_matches(','));
+        }
+        return;
+    };
+    LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else {
             return;
-        }
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else {
-                return;
-            };
-            line.clear();
-            let now = time::OffsetDateTime::now_utc();
-            let stamp = now
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
-            let _ = write!(
-                line,
-                "{{\"timestamp\":\"{stamp}\",\"level\":\"{}\"",
-                meta.level()
-            );
-            event.record(&mut JsonFields { out: &mut line });
-            line.push_str(",\"target\":\"audit\"}\n");
-            let _ = self.writer.make_writer().write_all(line.as_bytes());
-        });
+        };
+        line.clear();
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let _ = write!(
+            line,
+            "{{\"timestamp\":\"{stamp}\",\"level\":\"INFO\",\"message\":\"request\""
+        );
+        fields(&mut line);
+        line.push_str(",\"target\":\"audit\"}\n");
+        let _ = writer.make_writer().write_all(line.as_bytes());
+    });
+}
+
+/// `,"key":"value"` with JSON string escaping.
+pub fn json_str(out: &mut String, key: &str, value: &str) {
+    json_key(out, key);
+    out.push('"');
+    if value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        let _ = Escaped(out).write_str(value);
+    } else {
+        out.push_str(value);
+    }
+    out.push('"');
+}
+
+/// `,"key":n`
+pub fn json_int(out: &mut String, key: &str, value: impl itoa::Integer) {
+    json_key(out, key);
+    out.push_str(itoa::Buffer::new().format(value));
+}
+
+/// `,"key":x` (`null` if not finite).
+pub fn json_float(out: &mut String, key: &str, value: f64) {
+    json_key(out, key);
+    if value.is_finite() {
+        out.push_str(ryu::Buffer::new().format_finite(value));
+    } else {
+        out.push_str("null");
     }
 }
 
-struct JsonFields<'a> {
-    out: &'a mut String,
-}
-
-impl JsonFields<'_> {
-    fn key(&mut self, field: &Field) {
-        self.out.push_str(",\"");
-        self.out.push_str(field.name());
-        self.out.push_str("\":");
-    }
-}
-
-impl Visit for JsonFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        self.out.push('"');
-        let _ = Escaped(self.out).write_str(value);
-        self.out.push('"');
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field);
-        self.out.push('"');
-        let _ = write!(Escaped(self.out), "{value:?}");
-        self.out.push('"');
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.out, "{value}");
-        } else {
-            self.out.push_str("null");
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.out.push_str(if value { "true" } else { "false" });
-    }
+fn json_key(out: &mut String, key: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
 }
 
 /// Writes through JSON string escaping.
@@ -184,6 +170,23 @@ impl fmt::Write for Escaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_fields_are_valid_json() {
+        let mut out = String::from("{\"a\":0");
+        json_str(&mut out, "plain", "api.test");
+        json_str(&mut out, "odd", "a\"b\nc");
+        json_int(&mut out, "port", 443u16);
+        json_float(&mut out, "ms", 1.25);
+        json_float(&mut out, "nan", f64::NAN);
+        out.push('}');
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["plain"], "api.test");
+        assert_eq!(v["odd"], "a\"b\nc");
+        assert_eq!(v["port"], 443);
+        assert_eq!(v["ms"], 1.25);
+        assert!(v["nan"].is_null());
+    }
 
     #[test]
     fn escapes_what_json_requires() {
