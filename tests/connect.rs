@@ -511,3 +511,36 @@ async fn parked_h1_tunnel_resumes() {
     let echoed = within("ws echo", ws.next()).await.unwrap().unwrap();
     assert_eq!(echoed.into_text().unwrap(), "after a park");
 }
+
+/// With one CPU allowed the proxy runs a single-threaded runtime (it says
+/// so at start); tunnels over both protocols, parking, pooled upstream
+/// connections and drain all still work.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_on_one_cpu_runs_single_threaded() {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream)
+        .allow("api.test", &[upstream.port])
+        .one_cpu();
+    let proxy = start_proxy(config).await;
+    let runtime = proxy
+        .json_logs()
+        .into_iter()
+        .find(|l| l["message"] == "async runtime")
+        .expect("the runtime is logged at start");
+    assert_eq!(
+        (runtime["cpus"].as_u64(), runtime["runtime"].as_str()),
+        (Some(1), Some("current_thread")),
+        "{runtime}"
+    );
+    for mut client in [
+        h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await,
+        h2_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await,
+    ] {
+        for _ in 0..3 {
+            let reply = client.send(get_req(&api(&upstream))).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            pause(20).await;
+        }
+    }
+    assert_eq!(upstream.requests().len(), 6);
+}

@@ -50,6 +50,8 @@ pub struct ProxyConfig {
     env: Vec<(String, String)>,
     /// Files written into the proxy's directory before it starts.
     files: Vec<(String, Vec<u8>)>,
+    /// Run the proxy under `taskset -c 0` (one CPU allowed).
+    one_cpu: bool,
 }
 
 // === impl ProxyConfig ===
@@ -133,6 +135,12 @@ impl ProxyConfig {
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
+        self
+    }
+
+    /// Run the proxy with a single CPU allowed (`taskset -c 0`).
+    pub fn one_cpu(mut self) -> Self {
+        self.one_cpu = true;
         self
     }
 
@@ -254,7 +262,15 @@ pub async fn start_proxy(config: ProxyConfig) -> ProxyHandle {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("iron-proxy.toml");
     std::fs::write(&config_path, config.render(dir.path())).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iron-proxy"))
+    let binary = env!("CARGO_BIN_EXE_iron-proxy");
+    let mut command = if config.one_cpu {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0", binary]);
+        taskset
+    } else {
+        Command::new(binary)
+    };
+    let mut child = command
         .arg("run")
         .arg("--config")
         .arg(&config_path)
