@@ -201,19 +201,13 @@ async fn serve_until_idle<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
 {
-    let service = {
-        let (shared, down) = (shared.clone(), down.clone());
-        // Boxed so the connection is `Unpin`, which taking the stream back
-        // (`poll_without_shutdown`) requires.
-        service_fn(move |req| Box::pin(pipeline::handle(shared.clone(), down.clone(), req)))
-    };
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service(shared, down));
     let first = down.in_flight.started();
     let mut seen = first;
     let mut drain = std::pin::pin!(shared.shutdown.cancelled());
@@ -262,16 +256,25 @@ where
     Some(io)
 }
 
-/// Each request on the connection goes down the pipeline.
+/// Each request on the connection goes down the pipeline. Its future is
+/// boxed: HTTP/2 then spawns and finishes a small task per stream instead of
+/// copying the whole pipeline state in and out of it, and HTTP/1 gets the
+/// `Unpin` connection that taking the stream back (`poll_without_shutdown`)
+/// requires.
 fn service(
     shared: &Arc<Shared>,
     down: &Arc<Downstream>,
-) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
-       + Clone
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + Unpin,
+> + Clone
        + Send
+       + Unpin
        + 'static {
     let (shared, down) = (shared.clone(), down.clone());
-    service_fn(move |req| pipeline::handle(shared.clone(), down.clone(), req))
+    service_fn(move |req| Box::pin(pipeline::handle(shared.clone(), down.clone(), req)))
 }
 
 /// Polls a connection to completion, asking it to finish gracefully when the
