@@ -101,6 +101,12 @@ impl Audit {
         self.port = port;
     }
 
+    /// Records a refusal or failure answered with `kind`'s status.
+    pub fn refused(&mut self, kind: ErrorKind) {
+        self.error = Some(kind);
+        self.status = kind.status();
+    }
+
     pub fn bytes_in(&self) -> Arc<AtomicU64> {
         self.bytes_in.clone()
     }

@@ -49,11 +49,8 @@ pub async fn first(
     };
     let (buf, head) = match read {
         Ok(Ok(Read::Other(buf))) => return Some(Prefixed::new(buf, stream)),
-        Ok(Ok(Read::Connect(buf, head))) => (buf, head),
-        Ok(Ok(Read::Refused(e))) => {
-            refuse(&shared.metrics, client, &e, stream).await;
-            return None;
-        }
+        Ok(Ok(Read::Connect(buf, head))) => (buf, Ok(head)),
+        Ok(Ok(Read::Refused(e))) => (Vec::new(), Err(e)),
         Ok(Ok(Read::Closed)) | Ok(Err(_)) => return None,
         Err(_) => {
             tracing::debug!(client = %client, timeout = ?limits.connect_line_timeout,
@@ -61,32 +58,33 @@ pub async fn first(
             return None;
         }
     };
-    let target = match std::str::from_utf8(&buf[head.target.clone()]) {
-        Ok(target) => target,
-        Err(_) => {
-            let e = ProxyError::new(ErrorKind::Malformed, "the CONNECT target is not UTF-8");
-            refuse(&shared.metrics, client, &e, stream).await;
-            return None;
-        }
-    };
-    let snap = shared.store.load();
     let in_flight = Arc::new(InFlight::new(shared.metrics.clone()));
     let mut audit = Audit::start(client, &Method::CONNECT, "", in_flight);
-    let dest = match admit(&snap, target, &mut audit).await {
-        Ok(dest) => dest,
+    let admitted = match head {
+        Ok(head) => {
+            // httparse hands the target out as `&str`: these bytes are UTF-8.
+            let target = std::str::from_utf8(&buf[head.target.clone()]).unwrap_or_default();
+            let snap = shared.store.load();
+            admit(&snap, target, &mut audit)
+                .await
+                .map(|dest| (dest, head.len))
+        }
+        Err(e) => Err(e),
+    };
+    let (dest, head_len) = match admitted {
+        Ok(admitted) => admitted,
         Err(e) => {
-            audit.error = Some(e.kind);
-            audit.status = e.kind.status();
+            audit.refused(e.kind);
             drop(audit);
             linger_close(stream, &e.to_http1_close()).await;
             return None;
         }
     };
-    drop((audit, snap));
+    drop(audit);
     if stream.write_all(ESTABLISHED).await.is_err() {
         return None;
     }
-    let rest = buf[head.len..].to_vec();
+    let rest = buf[head_len..].to_vec();
     drop(buf);
     crate::serve::tunnel(shared.clone(), dest, client, Prefixed::new(rest, stream)).await;
     None
@@ -170,26 +168,6 @@ fn parse(buf: &[u8], max_headers: usize) -> Result<Option<Head>, ProxyError> {
     }))
 }
 
-/// Answers a head refused before its target was known, with an audit
-/// record like every other refusal.
-async fn refuse(
-    metrics: &Arc<crate::metrics::Metrics>,
-    client: SocketAddr,
-    e: &ProxyError,
-    stream: TcpStream,
-) {
-    let mut audit = Audit::start(
-        client,
-        &Method::CONNECT,
-        "",
-        Arc::new(InFlight::new(metrics.clone())),
-    );
-    audit.error = Some(e.kind);
-    audit.status = e.kind.status();
-    drop(audit);
-    linger_close(stream, &e.to_http1_close()).await;
-}
-
 /// Sends a final response and closes without resetting it away: a client
 /// that already sent more (a pipelined ClientHello) would otherwise get a
 /// TCP reset before it read the answer.
@@ -226,8 +204,7 @@ pub async fn handle(
     let dest = match admit(&snap, target, &mut audit).await {
         Ok(dest) => dest,
         Err(e) => {
-            audit.error = Some(e.kind);
-            audit.status = e.kind.status();
+            audit.refused(e.kind);
             return Ok(e.to_response());
         }
     };

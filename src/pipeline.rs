@@ -118,7 +118,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(kind = e.kind.as_str(), error = %e.message, "refused or failed");
-            audit.error = Some(e.kind);
+            audit.refused(e.kind);
             e.to_response()
         }
     };

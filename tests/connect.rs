@@ -79,6 +79,35 @@ async fn denied_host_gets_403_before_any_tls() {
     assert_eq!(audit["port"], upstream.port, "audit port: {audit}");
 }
 
+/// A CONNECT head that cannot open a tunnel (here: it announces a body) is
+/// answered 400 `malformed`, audited, and the connection closed; nothing
+/// reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_with_a_body_is_400_and_closed() {
+    let (upstream, proxy) = setup().await;
+    let head = format!(
+        "CONNECT {0} HTTP/1.1\r\nHost: {0}\r\nContent-Length: 5\r\n\r\nhello",
+        api(&upstream)
+    );
+    let (reply, closed) = {
+        let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        read_until_closed(&mut stream).await
+    };
+    let (head, body) = parse_response(&String::from_utf8_lossy(&reply));
+    assert_eq!(head.status, 400, "{body}");
+    assert_eq!(head.header(ERR), Some("malformed"));
+    assert!(body.contains("body"), "{body}");
+    assert!(closed, "the connection stays open after a refused CONNECT");
+    let audit = proxy.wait_for_audit(|r| r["status"] == 400).await;
+    assert_eq!(
+        (audit["method"].as_str(), audit["error"].as_str()),
+        (Some("CONNECT"), Some("malformed")),
+        "{audit}"
+    );
+    assert_eq!(upstream.connection_count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn denied_port_gets_403() {
     let (upstream, proxy) = setup().await;
