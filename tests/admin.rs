@@ -57,6 +57,17 @@ async fn auth_seen(proxy: &ProxyHandle, up: &Upstream, stub: &str) -> String {
     seen.header("authorization").unwrap_or_default().to_string()
 }
 
+/// A refused change left `gh` as it was: its file, what the upstream sees,
+/// and the snapshot generation.
+async fn assert_gh_unchanged(proxy: &ProxyHandle, up: &Upstream) {
+    assert_eq!(
+        std::fs::read_to_string(proxy.secret_path("gh")).unwrap(),
+        OLD
+    );
+    assert_eq!(auth_seen(proxy, up, STUB).await, bearer(OLD));
+    assert_eq!(proxy.generation().await, 1);
+}
+
 fn bearer(value: &str) -> String {
     format!("Bearer {value}")
 }
@@ -150,12 +161,7 @@ async fn open_routes_answer_and_v1_is_404_without_a_token_file() {
         }
     }
     // The refused PUT changed nothing.
-    assert_eq!(
-        std::fs::read_to_string(proxy.secret_path("gh")).unwrap(),
-        OLD
-    );
-    assert_eq!(auth_seen(&proxy, &up, STUB).await, bearer(OLD));
-    assert_eq!(proxy.generation().await, 1);
+    assert_gh_unchanged(&proxy, &up).await;
 }
 
 // --- bearer token ---------------------------------------------------------
@@ -189,8 +195,7 @@ async fn v1_routes_need_the_bearer_token() {
     assert_eq!(basic.status, 401, "{basic:?}");
 
     // Nothing changed.
-    assert_eq!(proxy.generation().await, 1);
-    assert_eq!(auth_seen(&proxy, &up, STUB).await, bearer(OLD));
+    assert_gh_unchanged(&proxy, &up).await;
 
     // The right token (the file has a trailing newline: ignored).
     let list = proxy
@@ -377,12 +382,7 @@ async fn put_unknown_is_404_and_invalid_values_are_400() {
             .await;
         assert_eq!(reply.status, 400, "{value:?}: {reply:?}");
     }
-    assert_eq!(
-        std::fs::read_to_string(proxy.secret_path("gh")).unwrap(),
-        OLD
-    );
-    assert_eq!(auth_seen(&proxy, &up, STUB).await, bearer(OLD));
-    assert_eq!(proxy.generation().await, 1);
+    assert_gh_unchanged(&proxy, &up).await;
 }
 
 // --- /metrics --------------------------------------------------------------
@@ -599,8 +599,7 @@ async fn cli_credential_set_refusals_and_usage_errors() {
     both.extend(["--value-file", value, "--stdin"]);
     let out = run_cli(&both, Some(NEW.as_bytes()));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert_eq!(auth_seen(&proxy, &up, STUB).await, bearer(OLD));
-    assert_eq!(proxy.generation().await, 1);
+    assert_gh_unchanged(&proxy, &up).await;
 }
 
 // --- /readyz while draining -------------------------------------------------

@@ -147,15 +147,21 @@ async fn ca_bundle(proxy: &ProxyHandle) -> String {
     reply.body
 }
 
+/// An upstream and a proxy allowed to it, started on an existing CA (A).
+async fn rotation_setup() -> (Upstream, ProxyHandle) {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream).allow("api.test", &[upstream.port]);
+    let proxy = start_proxy(with_existing_ca(config)).await;
+    (upstream, proxy)
+}
+
 fn path_toml(path: &Path) -> String {
     qs(path.to_str().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ca_rotation_through_extra_trust_has_no_failure_window() {
-    let upstream = start_upstream(UpstreamOpts::default()).await;
-    let config = ProxyConfig::new(&upstream).allow("api.test", &[upstream.port]);
-    let proxy = start_proxy(with_existing_ca(config)).await;
+    let (upstream, proxy) = rotation_setup().await;
     let port = upstream.port;
     let dir = proxy.dir.path().to_path_buf();
     let ca_a = proxy.ca_pem.clone();
@@ -286,9 +292,7 @@ async fn ca_rotation_through_extra_trust_has_no_failure_window() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replacing_the_ca_files_in_place_rotates_the_ca() {
-    let upstream = start_upstream(UpstreamOpts::default()).await;
-    let config = ProxyConfig::new(&upstream).allow("api.test", &[upstream.port]);
-    let proxy = start_proxy(with_existing_ca(config)).await;
+    let (upstream, proxy) = rotation_setup().await;
     let port = upstream.port;
     let dir = proxy.dir.path().to_path_buf();
     let ca_a = proxy.ca_pem.clone();

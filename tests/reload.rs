@@ -216,6 +216,13 @@ fn path_text(path: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// Points credential `gh` at `<dir>/missing-secret`, which does not exist.
+fn name_missing_secret(p: &ProxyHandle) {
+    let old = qs(&path_text(&p.secret_path("gh")));
+    let missing = qs(&path_text(&p.dir.path().join("missing-secret")));
+    p.edit_config(|text| text.replace(&old, &missing));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_credential_file_is_refused_and_the_fix_is_picked_up() {
     bad_reload_changes_nothing(
@@ -248,9 +255,7 @@ async fn garbage_config_is_refused_and_the_fix_is_picked_up() {
 async fn config_naming_a_missing_file_is_refused_and_creating_the_file_fixes_it() {
     bad_reload_changes_nothing(
         |p| {
-            let old = qs(&path_text(&p.secret_path("gh")));
-            let missing = qs(&path_text(&p.dir.path().join("missing-secret")));
-            p.edit_config(|text| text.replace(&old, &missing));
+            name_missing_secret(p);
         },
         &["credential[0]".into(), "missing-secret".into()],
         |p| write_atomic(&p.dir.path().join("missing-secret"), NEW.as_bytes()),
@@ -266,9 +271,7 @@ async fn config_naming_a_missing_file_is_refused_and_reverting_the_config_fixes_
     bad_reload_changes_nothing(
         |p| {
             *original.lock().unwrap() = std::fs::read_to_string(&p.config_path).unwrap();
-            let old = qs(&path_text(&p.secret_path("gh")));
-            let missing = qs(&path_text(&p.dir.path().join("missing-secret")));
-            p.edit_config(|text| text.replace(&old, &missing));
+            name_missing_secret(p);
         },
         &["credential[0]".into(), "missing-secret".into()],
         |p| write_atomic(&p.config_path, original.lock().unwrap().as_bytes()),
