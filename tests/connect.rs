@@ -573,3 +573,28 @@ async fn proxy_on_one_cpu_runs_single_threaded() {
     }
     assert_eq!(upstream.requests().len(), 6);
 }
+
+/// `RUST_LOG=info,audit=off` turns audit records off (and nothing else).
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_records_follow_the_log_filter() {
+    let upstream = start_upstream(UpstreamOpts::default()).await;
+    let config = ProxyConfig::new(&upstream)
+        .allow("api.test", &[upstream.port])
+        .env("RUST_LOG", "info,audit=off");
+    let proxy = start_proxy(config).await;
+    let mut client = h1_client(proxy.proxy_addr, "api.test", upstream.port, &proxy.ca_pem).await;
+    let reply = client.send(get_req(&api(&upstream))).await;
+    assert_eq!(reply.status, 200);
+    let denied = connect_tunnel(proxy.proxy_addr, "other.test:443").await.0;
+    assert_eq!(denied.status, 403);
+    // Records would have reached the log writer by now.
+    pause(300).await;
+    assert!(proxy.audit_records().is_empty(), "{}", proxy.all_logs());
+    assert!(
+        proxy
+            .json_logs()
+            .iter()
+            .any(|l| l["message"] == "listening"),
+        "other info lines still flow"
+    );
+}
